@@ -1,0 +1,119 @@
+#include "buffer_uses.h"
+
+#include <algorithm>
+#include <functional>
+
+namespace at::mps::threadsafe {
+
+namespace {
+// Adds a use to a set holding at most one use per stream, keeping the latest batch.
+void addLatestPerStream(std::vector<StreamUse>& uses, StreamUse use) {
+  for (StreamUse& existing : uses) {
+    if (existing.stream == use.stream) {
+      existing.batch = std::max(existing.batch, use.batch);
+      return;
+    }
+  }
+  uses.push_back(use);
+}
+} // namespace
+
+BufferUseTracker::Shard& BufferUseTracker::shardOf(const void* buffer) const {
+  // Allocations are aligned, so the low bits carry no information.
+  const size_t hash = std::hash<const void*>{}(buffer) >> 6;
+  return shards_[hash % kShards];
+}
+
+void BufferUseTracker::dependencies(const Stream& self, const BufferUse* uses, size_t count,
+                                    std::vector<StreamUse>& out) const {
+  for (size_t i = 0; i < count; ++i) {
+    const Shard& shard = shardOf(uses[i].buffer);
+    std::lock_guard<std::mutex> lock(shard.mutex);
+    auto it = shard.buffers.find(uses[i].buffer);
+    if (it == shard.buffers.end()) {
+      continue;
+    }
+    const History& history = it->second;
+    if (history.lastWrite.stream != nullptr && history.lastWrite.stream != &self) {
+      addLatestPerStream(out, history.lastWrite);
+    }
+    if (uses[i].access == BufferUse::Access::Write) {
+      for (const StreamUse& read : history.readsSinceWrite) {
+        if (read.stream != &self) {
+          addLatestPerStream(out, read);
+        }
+      }
+    }
+  }
+}
+
+void BufferUseTracker::record(Stream& self, const BufferUse* uses, size_t count, uint64_t batch) {
+  for (size_t i = 0; i < count; ++i) {
+    Shard& shard = shardOf(uses[i].buffer);
+    std::lock_guard<std::mutex> lock(shard.mutex);
+    History& history = shard.buffers[uses[i].buffer];
+    if (uses[i].access == BufferUse::Access::Write) {
+      history.lastWrite = {&self, batch};
+      history.readsSinceWrite.clear();
+    } else {
+      addLatestPerStream(history.readsSinceWrite, {&self, batch});
+    }
+  }
+}
+
+std::vector<StreamUse> BufferUseTracker::release(const void* buffer) {
+  Shard& shard = shardOf(buffer);
+  std::lock_guard<std::mutex> lock(shard.mutex);
+  auto it = shard.buffers.find(buffer);
+  if (it == shard.buffers.end()) {
+    return {};
+  }
+  std::vector<StreamUse> uses = std::move(it->second.readsSinceWrite);
+  if (it->second.lastWrite.stream != nullptr) {
+    addLatestPerStream(uses, it->second.lastWrite);
+  }
+  shard.buffers.erase(it);
+  return uses;
+}
+
+size_t BufferUseTracker::trackedBuffers() const {
+  size_t total = 0;
+  for (const Shard& shard : shards_) {
+    std::lock_guard<std::mutex> lock(shard.mutex);
+    total += shard.buffers.size();
+  }
+  return total;
+}
+
+bool PendingFrees::passed(const StreamUse& use, const Stream* requester) {
+  return use.stream == requester || use.stream->completedBatch() >= use.batch;
+}
+
+bool PendingFrees::add(void* buffer, std::vector<StreamUse> uses) {
+  const bool deferred = std::any_of(uses.begin(), uses.end(),
+                                    [](const StreamUse& use) { return !passed(use, nullptr); });
+  std::lock_guard<std::mutex> lock(mutex_);
+  entries_.push_back({buffer, std::move(uses)});
+  return deferred;
+}
+
+std::vector<void*> PendingFrees::takeReusable(const Stream* requester) {
+  std::vector<void*> reusable;
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto stillPending = std::stable_partition(entries_.begin(), entries_.end(), [&](const Entry& entry) {
+    return !std::all_of(entry.uses.begin(), entry.uses.end(),
+                        [&](const StreamUse& use) { return passed(use, requester); });
+  });
+  for (auto it = stillPending; it != entries_.end(); ++it) {
+    reusable.push_back(it->buffer);
+  }
+  entries_.erase(stillPending, entries_.end());
+  return reusable;
+}
+
+size_t PendingFrees::size() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return entries_.size();
+}
+
+} // namespace at::mps::threadsafe

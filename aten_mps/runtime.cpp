@@ -1,0 +1,311 @@
+#include "runtime.h"
+
+#include <algorithm>
+#include <string>
+
+#include "errors.h"
+#include "events.h"
+
+namespace at::mps::threadsafe {
+
+namespace {
+
+std::atomic<uint64_t> nextRuntimeSerial{1};
+
+// What one thread holds of one runtime: its explicit stream (a stream guard) and the pool
+// stream the thread policy bound it to (Note [Thread policy]).
+struct ThreadBinding {
+  uint64_t serial = 0;
+  std::shared_ptr<Runtime::Life> life;
+  Stream* explicitStream = nullptr;
+  Stream* bound = nullptr;
+};
+
+// Gives the bound streams back when the thread exits.
+struct ThreadBindings {
+  std::vector<ThreadBinding> list;
+
+  ~ThreadBindings() {
+    for (ThreadBinding& binding : list) {
+      if (binding.bound == nullptr) {
+        continue;
+      }
+      std::lock_guard<std::mutex> lock(binding.life->mutex);
+      if (binding.life->runtime != nullptr) {
+        binding.life->runtime->unbind(*binding.bound);
+      }
+    }
+  }
+
+  ThreadBinding& of(uint64_t serial, const std::shared_ptr<Runtime::Life>& life) {
+    for (ThreadBinding& binding : list) {
+      if (binding.serial == serial) {
+        return binding;
+      }
+    }
+    // Forget runtimes that are gone before remembering a new one.
+    list.erase(std::remove_if(list.begin(), list.end(),
+                              [](ThreadBinding& binding) {
+                                std::lock_guard<std::mutex> lock(binding.life->mutex);
+                                return binding.life->runtime == nullptr;
+                              }),
+               list.end());
+    list.push_back({serial, life, nullptr, nullptr});
+    return list.back();
+  }
+};
+
+thread_local ThreadBindings tlsBindings;
+
+uint8_t toBits(Protections p) {
+  return static_cast<uint8_t>((p.serialQueue ? 1 : 0) | (p.domains ? 2 : 0) |
+                              (p.crossStreamOrder ? 4 : 0) | (p.deferredFrees ? 8 : 0));
+}
+
+Protections fromBits(uint8_t bits) {
+  return {(bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0, (bits & 8) != 0};
+}
+
+} // namespace
+
+Runtime::Runtime(std::unique_ptr<Device> device, RuntimeOptions options)
+    : device_(std::move(device)),
+      poolSize_(options.poolSize),
+      commitAndContinue_(options.commitAndContinue),
+      threadsafe_(options.threadsafe),
+      protectionBits_(toBits(options.protections)),
+      serial_(nextRuntimeSerial.fetch_add(1)),
+      life_(std::make_shared<Life>()),
+      streams_(static_cast<size_t>(std::max(options.poolSize, 0)) + 1) {
+  if (!device_) {
+    throw InvalidArgument("Runtime needs a device");
+  }
+  if (options.poolSize < 1) {
+    throw InvalidArgument("Runtime pool size must be at least 1, got " +
+                          std::to_string(options.poolSize));
+  }
+  life_->runtime = this;
+}
+
+Runtime::~Runtime() {
+  {
+    std::lock_guard<std::mutex> lock(life_->mutex);
+    life_->runtime = nullptr; // threads exiting from now on give nothing back
+  }
+  const std::vector<Stream*> streams = createdStreams();
+  for (Stream* stream : streams) {
+    try {
+      runOnQueue(*stream, [&] { stream->synchronize(SyncType::COMMIT); });
+    } catch (const std::exception&) {
+      // A broken contract at teardown (a test that left a lease out): nothing to report to.
+    }
+    stream->waitCompleted(stream->submittedBatch());
+  }
+  for (auto& slot : streams_) {
+    delete slot.exchange(nullptr);
+  }
+}
+
+// ---- Streams ------------------------------------------------------------------------------
+
+Stream& Runtime::createStream(int id) {
+  Stream* existing = streams_[static_cast<size_t>(id)].load(std::memory_order_acquire);
+  if (existing != nullptr) {
+    return *existing;
+  }
+  auto* created = new Stream(*this, id, *device_);
+  streams_[static_cast<size_t>(id)].store(created, std::memory_order_release);
+  return *created;
+}
+
+Stream& Runtime::stream(int id) {
+  if (id < 0 || id > poolSize_) {
+    throw InvalidArgument("no MPS stream with id " + std::to_string(id) + " (valid: 0.." +
+                          std::to_string(poolSize_) + ")");
+  }
+  Stream* existing = streams_[static_cast<size_t>(id)].load(std::memory_order_acquire);
+  if (existing != nullptr) {
+    return *existing;
+  }
+  std::lock_guard<std::mutex> lock(streamsMutex_);
+  return createStream(id);
+}
+
+Stream& Runtime::defaultStream() {
+  return stream(0);
+}
+
+Stream& Runtime::streamFromPool() {
+  const uint32_t next = roundRobin_.fetch_add(1, std::memory_order_relaxed);
+  return stream(1 + static_cast<int>(next % static_cast<uint32_t>(poolSize_)));
+}
+
+std::vector<Stream*> Runtime::createdStreams() const {
+  std::vector<Stream*> result;
+  for (const auto& slot : streams_) {
+    if (Stream* stream = slot.load(std::memory_order_acquire)) {
+      result.push_back(stream);
+    }
+  }
+  return result;
+}
+
+// ---- Thread policy ------------------------------------------------------------------------
+
+Stream& Runtime::currentStream() {
+  ThreadBinding& binding = tlsBindings.of(serial_, life_);
+  if (binding.explicitStream != nullptr) {
+    return *binding.explicitStream;
+  }
+  if (!threadsafe()) {
+    return defaultStream();
+  }
+  if (binding.bound != nullptr) {
+    return *binding.bound;
+  }
+  // Bind: the unbound pool stream with the lowest id, else the least-bound one.
+  std::lock_guard<std::mutex> lock(streamsMutex_);
+  int best = 1;
+  int bestOwners = -1;
+  for (int id = 1; id <= poolSize_; ++id) {
+    Stream* candidate = streams_[static_cast<size_t>(id)].load(std::memory_order_acquire);
+    const int owners = candidate ? candidate->owners().load(std::memory_order_relaxed) : 0;
+    if (bestOwners < 0 || owners < bestOwners) {
+      best = id;
+      bestOwners = owners;
+      if (owners == 0) {
+        break;
+      }
+    }
+  }
+  Stream& chosen = createStream(best);
+  if (bestOwners > 0) {
+    counters_.sharedStreamBindings.add();
+  }
+  chosen.owners().fetch_add(1, std::memory_order_relaxed);
+  chosen.counters().threadsBound.add();
+  counters_.threadsBound.add();
+  binding.bound = &chosen;
+  return chosen;
+}
+
+void Runtime::setCurrentStream(Stream* stream) {
+  if (stream != nullptr && &stream->runtime() != this) {
+    throw InvalidArgument("setCurrentStream(): stream " + std::to_string(stream->id()) +
+                          " belongs to another MPS device");
+  }
+  tlsBindings.of(serial_, life_).explicitStream = stream;
+}
+
+Stream* Runtime::explicitStream() const {
+  return tlsBindings.of(serial_, life_).explicitStream;
+}
+
+void Runtime::releaseThreadStream() {
+  ThreadBinding& binding = tlsBindings.of(serial_, life_);
+  if (binding.bound != nullptr) {
+    Stream* stream = binding.bound;
+    binding.bound = nullptr;
+    unbind(*stream);
+  }
+}
+
+void Runtime::unbind(Stream& stream) noexcept {
+  try {
+    // The thread's open batch is committed, never dropped; a GPU error in it is reported by
+    // the next synchronize that covers this stream.
+    runOnQueue(stream, [&] { stream.synchronize(SyncType::COMMIT); });
+  } catch (const std::exception&) {
+    // Counted by contractError where it was raised; an exiting thread has no caller to tell.
+  }
+  std::lock_guard<std::mutex> lock(streamsMutex_);
+  stream.owners().fetch_sub(1, std::memory_order_relaxed);
+  counters_.threadsReleased.add();
+}
+
+void Runtime::setThreadsafe(bool on) {
+  std::lock_guard<std::mutex> policy(policyMutex_);
+  if (on == threadsafe()) {
+    return;
+  }
+  Stream& mine = currentStream();
+  for (Stream* stream : createdStreams()) {
+    if (stream == &mine) {
+      continue;
+    }
+    if (stream->leaseOut() || stream->hasUncommittedWork()) {
+      throw WorkInFlightError(
+          std::string("cannot switch thread safety ") + (on ? "on" : "off") +
+          ": stream " + std::to_string(stream->id()) +
+          " holds work another thread has encoded but not committed; synchronize those threads "
+          "(or call synchronize() on them) first");
+    }
+  }
+  runOnQueue(mine, [&] { mine.synchronize(SyncType::COMMIT); });
+  for (Stream* stream : createdStreams()) {
+    stream->waitCompleted(stream->submittedBatch());
+  }
+  threadsafe_.store(on, std::memory_order_release);
+}
+
+// ---- Protections --------------------------------------------------------------------------
+
+Protections Runtime::protections() const {
+  return fromBits(protectionBits_.load(std::memory_order_acquire));
+}
+
+void Runtime::setProtections(Protections protections) {
+  protectionBits_.store(toBits(protections), std::memory_order_release);
+}
+
+void Runtime::setMemoryPressureProbe(std::function<bool()> probe) {
+  std::lock_guard<std::mutex> lock(probeMutex_);
+  memoryPressureProbe_ = std::move(probe);
+}
+
+bool Runtime::underMemoryPressure() const {
+  std::lock_guard<std::mutex> lock(probeMutex_);
+  return memoryPressureProbe_ && memoryPressureProbe_();
+}
+
+// ---- Device-wide synchronize --------------------------------------------------------------
+
+void Runtime::synchronizeDevice() {
+  counters_.deviceSynchronizes.add();
+  Stream& mine = currentStream();
+  runOnQueue(mine, [&] { mine.synchronize(SyncType::COMMIT); });
+  const std::vector<Stream*> streams = createdStreams();
+  for (Stream* stream : streams) {
+    stream->waitCompleted(stream->submittedBatch());
+  }
+  for (Stream* stream : streams) {
+    stream->rethrowGpuError();
+  }
+}
+
+// ---- Diagnostics --------------------------------------------------------------------------
+
+void Runtime::contractError(const std::string& message) {
+  counters_.contractViolations.add();
+  throw ContractError(message);
+}
+
+RuntimeStats Runtime::stats() const {
+  RuntimeStats s;
+  s.threadsafe = threadsafe();
+  s.contractViolations = counters_.contractViolations.get();
+  s.deferredFrees = counters_.deferredFrees.get();
+  s.threadsBound = counters_.threadsBound.get();
+  s.threadsReleased = counters_.threadsReleased.get();
+  s.sharedStreamBindings = counters_.sharedStreamBindings.get();
+  s.deviceSynchronizes = counters_.deviceSynchronizes.get();
+  s.activeStreams = counters_.activeStreams.load(std::memory_order_relaxed);
+  s.maxActiveStreams = counters_.maxActiveStreams.load(std::memory_order_relaxed);
+  for (Stream* stream : createdStreams()) {
+    s.streams.push_back(stream->stats());
+  }
+  s.domains = domains_.stats();
+  return s;
+}
+
+} // namespace at::mps::threadsafe

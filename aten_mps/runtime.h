@@ -1,0 +1,163 @@
+#pragma once
+
+// The runtime: one device's streams (the default stream and a fixed pool), the thread policy
+// that decides which stream a thread encodes on, the serialization domains, the buffer-use
+// tracker, the device-wide synchronize and the counters.
+//
+// Note [Stream ids]
+// Id 0 is the default stream; ids 1..poolSize are the pool (upstream: 32 streams). Streams are
+// created on first use and live as long as the runtime.
+//
+// Note [Thread policy]
+// Threadsafe off (upstream behaviour): every thread encodes on the default stream, one after
+// another through its serial queue. Threadsafe on: a thread's first request binds it to a pool
+// stream no other thread holds; the binding is sticky and is given back when the thread exits
+// (its open batch committed, never dropped). When all pool streams are bound, new threads
+// share the least-bound stream: still safe, since its queue serializes them, only slower
+// (counted in sharedStreamBindings). A stream set explicitly with setCurrentStream (a stream
+// guard) always wins over the policy.
+//
+// Note [Switching the policy]
+// setThreadsafe() refuses (WorkInFlightError) while another thread has encoded work that it
+// has not committed, or holds an encoder lease: that work belongs to the thread's open
+// command buffer, which only its own thread may end. Otherwise it commits the caller's own
+// work, waits for every submitted batch on every stream (a drain), then switches. Uses that
+// cross the switch stay ordered through the buffer-use tracker, which does not depend on the
+// policy.
+//
+// Note [Device-wide synchronize]
+// synchronizeDevice() commits the calling thread's current stream and then waits, on the CPU,
+// for the batches every other stream has submitted. It never ends, commits or encodes into
+// another stream's open command buffer (the mistake a reviewer caught in CTranslate2's MPS
+// backend): work another thread has encoded but not committed is that thread's to submit.
+//
+// Note [Runtime lifetime]
+// The process-wide runtime (the torch device's) is created once and deliberately leaked, like
+// c10's CUDA stream pool: no destructor may run during static destruction while GPU or
+// handler threads still use it. Runtimes created by tests are destroyed, after the threads
+// that used them have ended; a thread that exits after its runtime is gone gives nothing back.
+
+#include <array>
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "backend.h"
+#include "buffer_uses.h"
+#include "diagnostics.h"
+#include "domains.h"
+#include "protections.h"
+#include "stream.h"
+
+namespace at::mps::threadsafe {
+
+struct RuntimeOptions {
+  int poolSize = 32;
+  bool threadsafe = false;
+  Protections protections = Protections::all();
+  // Upstream's _enableCommitAndContinue: SyncType::COMMIT keeps the MPSCommandBuffer open.
+  bool commitAndContinue = true;
+};
+
+class Runtime {
+ public:
+  explicit Runtime(std::unique_ptr<Device> device, RuntimeOptions options = {});
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  Device& device() {
+    return *device_;
+  }
+  int poolSize() const {
+    return poolSize_;
+  }
+
+  // ---- Streams (Note [Stream ids]) --------------------------------------------------------
+  Stream& defaultStream();
+  Stream& stream(int id); // InvalidArgument outside 0..poolSize
+  // Upstream getStreamFromPool(): round-robin, not exclusive.
+  Stream& streamFromPool();
+  // Streams created so far, in id order.
+  std::vector<Stream*> createdStreams() const;
+
+  // ---- Thread policy (Note [Thread policy]) -----------------------------------------------
+  Stream& currentStream();
+  // The stream guard: `stream` becomes this thread's current stream; nullptr restores the
+  // policy. InvalidArgument for a stream of another runtime.
+  void setCurrentStream(Stream* stream);
+  Stream* explicitStream() const;
+  bool threadsafe() const {
+    return threadsafe_.load(std::memory_order_acquire);
+  }
+  void setThreadsafe(bool on); // Note [Switching the policy]
+  // Gives this thread's bound pool stream back now (thread exit does it too).
+  void releaseThreadStream();
+
+  // ---- Protections (protections.h) --------------------------------------------------------
+  Protections protections() const;
+  void setProtections(Protections protections);
+  bool commitAndContinue() const {
+    return commitAndContinue_;
+  }
+
+  // COMMIT_ADAPTIVE asks this (the allocator's low-watermark test upstream).
+  void setMemoryPressureProbe(std::function<bool()> probe);
+  bool underMemoryPressure() const;
+
+  // ---- Cross-stream state -----------------------------------------------------------------
+  DomainRegistry& domains() {
+    return domains_;
+  }
+  BufferUseTracker& bufferUses() {
+    return bufferUses_;
+  }
+  PendingFrees& pendingFrees() {
+    return pendingFrees_;
+  }
+  void synchronizeDevice(); // Note [Device-wide synchronize]
+
+  // ---- Diagnostics ------------------------------------------------------------------------
+  RuntimeCounters& counters() {
+    return counters_;
+  }
+  RuntimeStats stats() const;
+  // Raises a ContractError after counting it.
+  [[noreturn]] void contractError(const std::string& message);
+
+  // Shared with thread bindings so a thread exiting after the runtime is gone does nothing.
+  struct Life {
+    std::mutex mutex; // held while a binding is given back, and while the runtime dies
+    Runtime* runtime; // nullptr once the runtime is gone
+  };
+  // Gives back a stream bound to an exiting thread (thread-local bookkeeping calls it).
+  void unbind(Stream& stream) noexcept;
+
+ private:
+  Stream& createStream(int id); // streamsMutex_ held
+
+  std::unique_ptr<Device> device_;
+  const int poolSize_;
+  const bool commitAndContinue_;
+  std::atomic<bool> threadsafe_;
+  std::atomic<uint8_t> protectionBits_;
+  const uint64_t serial_; // tells runtimes apart in thread-local state
+  std::shared_ptr<Life> life_;
+
+  mutable std::mutex streamsMutex_; // creation of streams, bindings
+  std::vector<std::atomic<Stream*>> streams_; // Note [Stream ids]; created lazily
+  std::atomic<uint32_t> roundRobin_{0};
+  std::mutex policyMutex_; // serializes setThreadsafe
+
+  mutable std::mutex probeMutex_;
+  std::function<bool()> memoryPressureProbe_;
+
+  DomainRegistry domains_;
+  BufferUseTracker bufferUses_;
+  PendingFrees pendingFrees_;
+  RuntimeCounters counters_;
+};
+
+} // namespace at::mps::threadsafe

@@ -1,0 +1,398 @@
+#include "stream.h"
+
+#include <chrono>
+#include <string>
+
+#include "domains.h"
+#include "errors.h"
+#include "runtime.h"
+
+namespace at::mps::threadsafe {
+
+namespace {
+
+// The stream whose queue this thread is inside (Note [On the queue]). A plain pointer: it is
+// trivially destructible, so it stays valid in thread-exit code.
+thread_local Stream* tlsInsideStream = nullptr;
+
+// Marks the calling thread as inside `stream` for the scope, and counts streams inside their
+// queue at the same moment (the overlap the threaded tests measure).
+class InsideScope {
+ public:
+  InsideScope(Stream& stream, RuntimeCounters& counters)
+      : previous_(tlsInsideStream), counters_(counters) {
+    tlsInsideStream = &stream;
+    const uint64_t active = counters_.activeStreams.fetch_add(1, std::memory_order_relaxed) + 1;
+    raiseToAtLeast(counters_.maxActiveStreams, active);
+    if (active > 1) {
+      stream.counters().overlappedDispatches.add();
+    }
+  }
+  ~InsideScope() {
+    counters_.activeStreams.fetch_sub(1, std::memory_order_relaxed);
+    tlsInsideStream = previous_;
+  }
+  InsideScope(const InsideScope&) = delete;
+  InsideScope& operator=(const InsideScope&) = delete;
+
+ private:
+  Stream* previous_;
+  RuntimeCounters& counters_;
+};
+
+std::string streamName(int id) {
+  return id == 0 ? std::string("default stream") : "stream " + std::to_string(id);
+}
+
+} // namespace
+
+Stream::Stream(Runtime& runtime, int id, Device& device)
+    : runtime_(runtime),
+      id_(id),
+      queue_(device.makeCommandQueue("mps " + streamName(id))),
+      executor_(device.makeSerialExecutor("metal gpu " + streamName(id))),
+      timeline_(device.makeSharedEvent()),
+      waitedUpTo_(static_cast<size_t>(runtime.poolSize()) + 1, 0) {}
+
+Stream::~Stream() {
+  // The runtime commits and waits for every stream before destroying it; an encoder can only
+  // remain if a test abandoned one, and Metal requires it ended before release.
+  if (encoder_) {
+    encoder_->endEncoding();
+  }
+}
+
+bool Stream::isCurrent() const {
+  return tlsInsideStream == this;
+}
+
+void Stream::dispatch(FunctionRef<void()> fn) {
+  if (tlsInsideStream == this) {
+    runtime_.counters().contractViolations.add();
+    throw ReentryError("dispatch_sync onto the queue of " + streamName(id_) +
+                       " from inside it would deadlock; run the code directly instead");
+  }
+  if (tlsInsideStream != nullptr) {
+    runtime_.contractError("dispatch onto " + streamName(id_) + " from inside the queue of " +
+                           streamName(tlsInsideStream->id()) +
+                           ": nested stream queues can deadlock; leave the first queue before "
+                           "entering the second");
+  }
+  if (DomainGuard::heldByThisThread() > 0) {
+    runtime_.contractError("dispatch onto " + streamName(id_) +
+                           " while holding a serialization domain: take domains inside the "
+                           "queue, never around it (Note [Domain lock order])");
+  }
+  counters_.dispatches.add();
+  auto body = [&] {
+    InsideScope inside(*this, runtime_.counters());
+    try {
+      fn();
+    } catch (...) {
+      try {
+        serveCloseRequests();
+      } catch (...) {
+        // The op's own exception is the one to report; a failed commit here resurfaces at the
+        // next synchronize of this stream.
+      }
+      throw;
+    }
+    serveCloseRequests();
+  };
+  if (!runtime_.protections().serialQueue) {
+    body(); // the deliberately unsafe mode: no mutual exclusion (protections.h)
+    return;
+  }
+  const uint64_t waitedNs = executor_->dispatchSync(body);
+  if (waitedNs > 0) {
+    counters_.queueWaits.add();
+    counters_.queueWaitNs.add(waitedNs);
+  }
+}
+
+void Stream::requireOnQueue(const char* what) const {
+  if (tlsInsideStream != this) {
+    runtime_.contractError(std::string(what) + " called off the serial queue of " +
+                           streamName(id_) +
+                           "; wrap the call in dispatch_sync_with_rethrow(stream->queue(), ...)");
+  }
+}
+
+void Stream::requireNoLease(const char* what) {
+  if (leaseOut_.load(std::memory_order_acquire) && runtime_.protections().serialQueue) {
+    runtime_.contractError(std::string(what) + " on " + streamName(id_) +
+                           " while its encoder is leased: the lease holder would keep encoding "
+                           "into an ended encoder");
+  }
+}
+
+CommandBuffer& Stream::commandBuffer() {
+  requireOnQueue("commandBuffer()");
+  if (!commandBuffer_) {
+    commandBuffer_ = queue_->makeCommandBuffer();
+  }
+  // Callers may encode straight into the buffer (MPSGraph does), so it counts as work.
+  uncommittedWork_.store(true, std::memory_order_release);
+  return *commandBuffer_;
+}
+
+ComputeEncoder& Stream::commandEncoder() {
+  requireOnQueue("commandEncoder()");
+  if (encoder_) {
+    counters_.encodersCoalesced.add();
+  } else {
+    encoder_ = commandBuffer().makeComputeEncoder();
+    counters_.encodersCreated.add();
+  }
+  uncommittedWork_.store(true, std::memory_order_release);
+  return *encoder_;
+}
+
+EncoderLease Stream::leaseEncoder() {
+  requireOnQueue("leaseEncoder()");
+  if (leaseOut_.load(std::memory_order_acquire) && runtime_.protections().serialQueue) {
+    runtime_.contractError("leaseEncoder() on " + streamName(id_) +
+                           " while its encoder is already leased");
+  }
+  ComputeEncoder& encoder = commandEncoder();
+  leaseOut_.store(true, std::memory_order_release);
+  counters_.opsEncoded.add();
+  return EncoderLease(this, &encoder);
+}
+
+void Stream::endLease() noexcept {
+  leaseOut_.store(false, std::memory_order_release);
+}
+
+void Stream::noteEncodedOp() {
+  requireOnQueue("noteEncodedOp()");
+  counters_.opsEncoded.add();
+  uncommittedWork_.store(true, std::memory_order_release);
+}
+
+void Stream::endKernelCoalescing() {
+  requireOnQueue("endKernelCoalescing()");
+  requireNoLease("endKernelCoalescing()");
+  if (encoder_) {
+    encoder_->endEncoding();
+    encoder_.reset();
+  }
+}
+
+void Stream::synchronize(SyncType type) {
+  requireOnQueue("synchronize()");
+  requireNoLease("synchronize()");
+  counters_.commits[static_cast<int>(type)].add();
+  endKernelCoalescing();
+  switch (type) {
+    case SyncType::NONE:
+      break;
+    case SyncType::COMMIT:
+      commitBatch(runtime_.commitAndContinue());
+      break;
+    case SyncType::COMMIT_ADAPTIVE:
+      if (runtime_.underMemoryPressure()) {
+        commitBatch(runtime_.commitAndContinue());
+      }
+      break;
+    case SyncType::COMMIT_AND_WAIT:
+      commitAndWait();
+      break;
+    case SyncType::COMMIT_AND_CONTINUE:
+      commitBatch(/*keepCommandBufferOpen=*/true);
+      break;
+  }
+}
+
+// Commits the open batch (Note [Batches and the timeline]). With keepCommandBufferOpen the
+// MPSCommandBuffer stays (commitAndContinue) and an empty batch is not committed; without it
+// the buffer is committed even when empty, since it has to be released.
+void Stream::commitBatch(bool keepCommandBufferOpen) {
+  if (!commandBuffer_) {
+    return;
+  }
+  if (keepCommandBufferOpen && !uncommittedWork_.load(std::memory_order_acquire)) {
+    return;
+  }
+  const uint64_t batch = openBatch_.load(std::memory_order_relaxed);
+  CommandBuffer& buffer = *commandBuffer_;
+  buffer.encodeSignalEvent(*timeline_, batch);
+  buffer.addCompletedHandler([this, batch](CommandBufferStatus status, const std::string& error) {
+    onBatchCompleted(batch, status, error);
+  });
+  if (keepCommandBufferOpen) {
+    buffer.commitAndContinue();
+  } else {
+    buffer.commit();
+    commandBuffer_.reset();
+  }
+  uncommittedWork_.store(false, std::memory_order_release);
+  counters_.commandBuffersSubmitted.add();
+  {
+    std::lock_guard<std::mutex> lock(progressMutex_);
+    submittedBatch_.store(batch, std::memory_order_release);
+    openBatch_.store(batch + 1, std::memory_order_release);
+  }
+  progressCv_.notify_all();
+}
+
+void Stream::commitAndWait() {
+  commitBatch(/*keepCommandBufferOpen=*/false);
+  waitCompleted(submittedBatch());
+  rethrowGpuError();
+}
+
+void Stream::onBatchCompleted(uint64_t batch, CommandBufferStatus status, const std::string& error) {
+  {
+    std::lock_guard<std::mutex> lock(progressMutex_);
+    if (status == CommandBufferStatus::Error) {
+      counters_.gpuErrors.add();
+      if (gpuError_.empty()) {
+        gpuError_ = "command buffer (batch " + std::to_string(batch) + " of " + streamName(id_) +
+            ") failed on the GPU: " + error;
+      }
+    }
+    if (completedBatch_.load(std::memory_order_relaxed) < batch) {
+      completedBatch_.store(batch, std::memory_order_release);
+    }
+  }
+  progressCv_.notify_all();
+}
+
+void Stream::waitCompleted(uint64_t batch) {
+  if (completedBatch() >= batch) {
+    return;
+  }
+  if (batch > submittedBatch()) {
+    runtime_.contractError("waiting for batch " + std::to_string(batch) + " of " +
+                           streamName(id_) + ", which has not been committed: it would never "
+                           "complete");
+  }
+  std::unique_lock<std::mutex> lock(progressMutex_);
+  progressCv_.wait(lock, [&] { return completedBatch() >= batch; });
+}
+
+void Stream::rethrowGpuError() {
+  std::string error;
+  {
+    std::lock_guard<std::mutex> lock(progressMutex_);
+    error.swap(gpuError_);
+  }
+  if (!error.empty()) {
+    throw CommandBufferError(error);
+  }
+}
+
+void Stream::addCompletedHandler(CompletionHandler handler) {
+  requireOnQueue("addCompletedHandler()");
+  commandBuffer().addCompletedHandler(std::move(handler));
+}
+
+void Stream::useBuffers(const BufferUse* uses, size_t count) {
+  requireOnQueue("useBuffers()");
+  const Protections protections = runtime_.protections();
+  // Ordering relies on the queue: without it there is nothing to order against.
+  if (!protections.crossStreamOrder || !protections.serialQueue) {
+    return;
+  }
+  thread_local std::vector<StreamUse> dependencies;
+  dependencies.clear();
+  runtime_.bufferUses().dependencies(*this, uses, count, dependencies);
+  for (const StreamUse& dependency : dependencies) {
+    waitForStream(*dependency.stream, dependency.batch);
+  }
+  // After the waits: serving a close request meanwhile may have moved our open batch on.
+  runtime_.bufferUses().record(*this, uses, count, openBatch());
+}
+
+void Stream::waitForStream(Stream& other, uint64_t batch) {
+  requireOnQueue("waitForStream()");
+  if (&other == this || batch == 0) {
+    return;
+  }
+  // Waiting for another stream may mean committing our own batch for it (Note [Closing a
+  // batch on request]): impossible with our encoder leased, a deadlock with a domain held.
+  requireNoLease("waitForStream()");
+  if (DomainGuard::heldByThisThread() > 0) {
+    runtime_.contractError("waiting for another stream while holding a serialization domain "
+                           "(Note [Domain lock order])");
+  }
+  if (&other.runtime_ != &runtime_) {
+    throw InvalidArgument("waitForStream(): " + streamName(other.id()) +
+                          " belongs to another device");
+  }
+  uint64_t& waited = waitedUpTo_[static_cast<size_t>(other.id())];
+  if (waited >= batch) {
+    return; // an earlier wait of this stream already covers it: GPU waits block later work too
+  }
+  if (other.completedBatch() >= batch) {
+    waited = batch;
+    return;
+  }
+  if (other.submittedBatch() < batch) {
+    ensureSubmitted(other, batch);
+  }
+  endKernelCoalescing(); // Metal: no encoder may be open while an event wait is encoded
+  commandBuffer().encodeWaitForEvent(other.timeline(), batch);
+  waited = batch;
+  counters_.crossStreamWaits.add();
+}
+
+// Note [Closing a batch on request].
+void Stream::ensureSubmitted(Stream& other, uint64_t batch) {
+  other.requestClose(batch);
+  while (other.submittedBatch() < batch) {
+    const bool served = other.executor().tryDispatchSync([&] {
+      InsideScope inside(other, runtime_.counters());
+      other.serveCloseRequests();
+    });
+    if (served) {
+      continue;
+    }
+    serveCloseRequests(); // someone may be waiting for us in the same way
+    std::unique_lock<std::mutex> lock(other.progressMutex_);
+    other.progressCv_.wait_for(lock, std::chrono::microseconds(200),
+                               [&] { return other.submittedBatch() >= batch; });
+  }
+}
+
+void Stream::requestClose(uint64_t batch) {
+  raiseToAtLeast(closeRequestedUpTo_, batch);
+}
+
+void Stream::serveCloseRequests() {
+  if (closeRequestedUpTo_.load(std::memory_order_acquire) < openBatch() ||
+      leaseOut_.load(std::memory_order_acquire)) {
+    return;
+  }
+  endKernelCoalescing();
+  commandBuffer(); // an op that failed before encoding leaves the batch empty: still close it
+  commitBatch(runtime_.commitAndContinue());
+  counters_.closeRequestsServed.add();
+}
+
+StreamStats Stream::stats() const {
+  StreamStats s;
+  s.id = id_;
+  s.dispatches = counters_.dispatches.get();
+  s.queueWaits = counters_.queueWaits.get();
+  s.queueWaitNs = counters_.queueWaitNs.get();
+  s.opsEncoded = counters_.opsEncoded.get();
+  s.encodersCreated = counters_.encodersCreated.get();
+  s.encodersCoalesced = counters_.encodersCoalesced.get();
+  for (int i = 0; i < kSyncTypeCount; ++i) {
+    s.commits[i] = counters_.commits[i].get();
+  }
+  s.commandBuffersSubmitted = counters_.commandBuffersSubmitted.get();
+  s.crossStreamWaits = counters_.crossStreamWaits.get();
+  s.closeRequestsServed = counters_.closeRequestsServed.get();
+  s.gpuErrors = counters_.gpuErrors.get();
+  s.threadsBound = counters_.threadsBound.get();
+  s.overlappedDispatches = counters_.overlappedDispatches.get();
+  s.submittedBatch = submittedBatch();
+  s.completedBatch = completedBatch();
+  s.owners = owners_.load(std::memory_order_relaxed);
+  return s;
+}
+
+} // namespace at::mps::threadsafe

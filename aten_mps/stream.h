@@ -1,0 +1,211 @@
+#pragma once
+
+// One stream: a command queue, the command buffer being filled, the compute encoder kept
+// open across consecutive kernels (kernel coalescing), a serial executor, and a timeline
+// event the stream signals at the end of every batch it commits.
+//
+// Note [Batches and the timeline]
+// The work a stream encodes between two commits is a batch, numbered 1, 2, 3, ... in commit
+// order. Committing batch N encodes "signal timeline = N" at its end, so another stream can
+// make the GPU wait for it (encodeWaitForEvent(timeline, N)), and a completion handler
+// raises completedBatch() to N so a CPU thread can wait for it. Anything that needs "the
+// work this stream has done up to now" is therefore a single number: the event API, the
+// device-wide synchronize and the allocator's use tracking are all built on it, and none of
+// them has to touch the stream's open command buffer.
+//
+// Note [On the queue]
+// Every read or write of the command buffer, the encoder and the batch state happens inside
+// dispatch(), i.e. on the stream's serial executor. The accessors below check it and raise
+// ContractError otherwise (upstream PR 198039 asserts the same in commandEncoder()). Only the
+// atomics documented as "any thread" may be read from outside.
+//
+// Note [Closing a batch on request]
+// A stream that must wait for work another stream has encoded but not yet committed cannot
+// wait for it on the GPU: the other batch is still open and may later wait on ours, and two
+// open batches waiting on each other would hang the GPU. So the waiter first gets that batch
+// committed: it posts a close request (requestClose), then, while the batch stays open,
+// (a) commits it itself if the other stream's queue is free right now (tryDispatchSync: it
+//     never blocks, so no two queues are ever entered in a blocking way),
+// (b) commits its own open batch if someone asked for it, so two streams waiting on each
+//     other both make progress, and
+// (c) otherwise sleeps briefly on the other stream's progress. The other stream's thread
+//     commits at the end of its current dispatch (serveCloseRequests).
+// Every GPU wait is thus on a batch already committed, which only holds waits encoded before
+// it, so the waits never form a cycle.
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "diagnostics.h"
+#include "function_ref.h"
+
+namespace at::mps::threadsafe {
+
+class Runtime;
+class EncoderLease;
+
+// One buffer an op is about to encode a use of.
+struct BufferUse {
+  enum class Access : uint8_t { Read, Write };
+  const void* buffer;
+  Access access;
+};
+
+class Stream {
+ public:
+  Stream(Runtime& runtime, int id, Device& device);
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  int id() const {
+    return id_;
+  }
+  Runtime& runtime() const {
+    return runtime_;
+  }
+
+  // ---- Entering the queue (any thread) ------------------------------------------------
+  // dispatch_sync_with_rethrow: runs fn on the calling thread inside this stream's serial
+  // queue, then serves close requests (Note [Closing a batch on request]). Raises
+  // ReentryError when called from inside this queue, ContractError from inside another
+  // stream's queue or while holding a serialization domain (both could deadlock).
+  void dispatch(FunctionRef<void()> fn);
+  // True on the thread currently inside this stream's queue.
+  bool isCurrent() const;
+
+  // ---- On the queue only (Note [On the queue]) ----------------------------------------
+  CommandBuffer& commandBuffer();
+  // The coalescing compute encoder, created on first use after the last end.
+  ComputeEncoder& commandEncoder();
+  // Exclusive use of the coalescing encoder until the lease is destroyed; ending or
+  // committing the encoder meanwhile raises ContractError.
+  EncoderLease leaseEncoder();
+  void endKernelCoalescing();
+  void synchronize(SyncType type);
+  void addCompletedHandler(CompletionHandler handler);
+  // Cross-stream ordering for data handed between streams: makes this stream wait for the
+  // last write (and, for a write, the reads since) of each buffer on other streams, then
+  // records these uses. Call before encoding the op, with no lease out.
+  void useBuffers(const BufferUse* uses, size_t count);
+  // Encodes a GPU wait for `other`'s batch `batch`, getting that batch committed first
+  // (Note [Closing a batch on request]).
+  void waitForStream(Stream& other, uint64_t batch);
+  // Counts an op encoded without a lease (an MPSGraph or blit encode).
+  void noteEncodedOp();
+  // The batch the work encoded now will belong to.
+  uint64_t openBatch() const {
+    return openBatch_.load(std::memory_order_acquire);
+  }
+
+  // ---- Any thread -----------------------------------------------------------------------
+  uint64_t submittedBatch() const {
+    return submittedBatch_.load(std::memory_order_acquire);
+  }
+  uint64_t completedBatch() const {
+    return completedBatch_.load(std::memory_order_acquire);
+  }
+  // Blocks until batch `batch` has completed on the GPU; never touches open state.
+  void waitCompleted(uint64_t batch);
+  // Whether the stream holds encoded work that no commit has submitted yet.
+  bool hasUncommittedWork() const {
+    return uncommittedWork_.load(std::memory_order_acquire);
+  }
+  bool leaseOut() const {
+    return leaseOut_.load(std::memory_order_acquire);
+  }
+  void requestClose(uint64_t batch);
+  // Raises (and clears) the first GPU error of this stream not yet reported.
+  void rethrowGpuError();
+  // Policy hook: with it set, COMMIT_ADAPTIVE commits when it returns true.
+  StreamCounters& counters() {
+    return counters_;
+  }
+  const StreamCounters& counters() const {
+    return counters_;
+  }
+  StreamStats stats() const;
+  SharedEvent& timeline() {
+    return *timeline_;
+  }
+  CommandQueue& commandQueue() {
+    return *queue_;
+  }
+  SerialExecutor& executor() {
+    return *executor_;
+  }
+  // Owners: threads the thread policy bound this stream to (stream_pool.h).
+  std::atomic<int>& owners() {
+    return owners_;
+  }
+
+ private:
+  friend class EncoderLease;
+  void requireOnQueue(const char* what) const;
+  void requireNoLease(const char* what);
+  void commitBatch(bool keepCommandBufferOpen);
+  void commitAndWait();
+  void serveCloseRequests();
+  void ensureSubmitted(Stream& other, uint64_t batch);
+  void onBatchCompleted(uint64_t batch, CommandBufferStatus status, const std::string& error);
+  void endLease() noexcept;
+
+  Runtime& runtime_;
+  const int id_;
+  std::unique_ptr<CommandQueue> queue_;
+  std::unique_ptr<SerialExecutor> executor_;
+  std::shared_ptr<SharedEvent> timeline_;
+
+  // On-queue state.
+  std::shared_ptr<CommandBuffer> commandBuffer_;
+  std::shared_ptr<ComputeEncoder> encoder_;
+  std::vector<uint64_t> waitedUpTo_; // per other stream id: highest batch already waited for
+
+  // Any-thread state.
+  std::atomic<uint64_t> openBatch_{1};
+  std::atomic<uint64_t> submittedBatch_{0};
+  std::atomic<uint64_t> completedBatch_{0};
+  std::atomic<uint64_t> closeRequestedUpTo_{0};
+  std::atomic<bool> uncommittedWork_{false};
+  std::atomic<bool> leaseOut_{false};
+  std::atomic<int> owners_{0};
+  std::mutex progressMutex_; // guards the two waits below and gpuError_
+  std::condition_variable progressCv_;
+  std::string gpuError_;
+  StreamCounters counters_;
+};
+
+class EncoderLease {
+ public:
+  EncoderLease(EncoderLease&& other) noexcept : stream_(other.stream_), encoder_(other.encoder_) {
+    other.stream_ = nullptr;
+  }
+  EncoderLease(const EncoderLease&) = delete;
+  EncoderLease& operator=(const EncoderLease&) = delete;
+  EncoderLease& operator=(EncoderLease&&) = delete;
+  ~EncoderLease() {
+    if (stream_ != nullptr) {
+      stream_->endLease();
+    }
+  }
+  ComputeEncoder& encoder() const {
+    return *encoder_;
+  }
+  Stream& stream() const {
+    return *stream_;
+  }
+
+ private:
+  friend class Stream;
+  EncoderLease(Stream* stream, ComputeEncoder* encoder) : stream_(stream), encoder_(encoder) {}
+  Stream* stream_;
+  ComputeEncoder* encoder_;
+};
+
+} // namespace at::mps::threadsafe
