@@ -230,10 +230,10 @@ void Runtime::setThreadsafe(bool on) {
   }
   Stream& mine = currentStream();
   for (Stream* stream : createdStreams()) {
-    if (stream == &mine) {
-      continue;
-    }
-    if (stream->leaseOut() || stream->hasUncommittedWork()) {
+    // The caller's own stream is drained below, unless another thread holds its encoder
+    // (threadsafe off: everyone shares the default stream); that thread's op is in flight.
+    const bool othersLease = stream->leaseOut() && !stream->isCurrent();
+    if (stream == &mine ? othersLease : (othersLease || stream->hasUncommittedWork())) {
       throw WorkInFlightError(
           std::string("cannot switch thread safety ") + (on ? "on" : "off") +
           ": stream " + std::to_string(stream->id()) +
