@@ -229,11 +229,13 @@ void Stream::commitBatch(bool keepCommandBufferOpen) {
   uncommittedWork_.store(false, std::memory_order_release);
   counters_.commandBuffersSubmitted.add();
   {
+    // Notify under the lock: a woken waiter may go on to destroy the runtime, and with it
+    // this condition variable.
     std::lock_guard<std::mutex> lock(progressMutex_);
     submittedBatch_.store(batch, std::memory_order_release);
     openBatch_.store(batch + 1, std::memory_order_release);
+    progressCv_.notify_all();
   }
-  progressCv_.notify_all();
 }
 
 void Stream::commitAndWait() {
@@ -255,8 +257,8 @@ void Stream::onBatchCompleted(uint64_t batch, CommandBufferStatus status, const 
     if (completedBatch_.load(std::memory_order_relaxed) < batch) {
       completedBatch_.store(batch, std::memory_order_release);
     }
+    progressCv_.notify_all(); // under the lock: see commitBatch
   }
-  progressCv_.notify_all();
 }
 
 void Stream::waitCompleted(uint64_t batch) {
