@@ -81,8 +81,11 @@ class SerialExecutor {
   virtual ~SerialExecutor() = default;
   // Returns the nanoseconds the caller waited to get in (0 when uncontended).
   virtual uint64_t dispatchSync(FunctionRef<void()> fn) = 0;
-  // Runs fn only if the executor is free right now; returns whether it ran.
+  // Runs fn only if the executor is free right now; returns whether it ran. Never blocks;
+  // from inside the executor itself it throws ReentryError like dispatchSync.
   virtual bool tryDispatchSync(FunctionRef<void()> fn) = 0;
+  // True on the thread running inside the executor, however it got in (the Metal backend
+  // also recognizes raw dispatch_sync blocks through a queue-specific key).
   virtual bool isCurrent() const = 0;
   virtual void* native() = 0;
 };

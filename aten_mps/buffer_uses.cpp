@@ -92,6 +92,9 @@ bool PendingFrees::passed(const StreamUse& use, const Stream* requester) {
 bool PendingFrees::add(void* buffer, std::vector<StreamUse> uses) {
   const bool deferred = std::any_of(uses.begin(), uses.end(),
                                     [](const StreamUse& use) { return !passed(use, nullptr); });
+  if (deferred) {
+    deferred_.add();
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   entries_.push_back({buffer, std::move(uses)});
   return deferred;

@@ -11,6 +11,13 @@
 //   that used it — all consumers, not only the allocating or the last one — has completed the
 //   batch of that use. A stream may reuse its own buffers at once: its queue orders them.
 //
+// Note [Uses racing on the CPU]
+// Ordering follows the order in which uses are encoded: a use encoded after another one (its
+// thread saw that use happen, by a join, a queue, a lock, or the CPU copy of a result) is
+// ordered after it on the GPU. Two threads encoding uses of one buffer at the same moment,
+// with at least one writing, is a data race in the program, as it is with CUDA streams; the
+// tracker then orders them in some order, or not at all.
+//
 // Note [Buffer-use lock order]
 // The shard and free-list mutexes are leaves: nothing is called while holding them that could
 // enter a queue, wait for a stream or take another lock of the runtime.
@@ -59,6 +66,9 @@ class BufferUseTracker {
 // Freed buffers waiting until their users on other streams are done with them.
 class PendingFrees {
  public:
+  // `deferred` counts the buffers whose reuse had to wait (RuntimeStats::deferredFrees).
+  explicit PendingFrees(Counter& deferred) : deferred_(deferred) {}
+
   // `uses` as returned by BufferUseTracker::release. Returns whether reuse is deferred, i.e.
   // some use was made on a stream that has not completed it yet.
   bool add(void* buffer, std::vector<StreamUse> uses);
@@ -75,6 +85,7 @@ class PendingFrees {
     void* buffer;
     std::vector<StreamUse> uses;
   };
+  Counter& deferred_;
   mutable std::mutex mutex_;
   std::vector<Entry> entries_;
 };

@@ -154,10 +154,10 @@ class Runtime {
   mutable std::mutex probeMutex_;
   std::function<bool()> memoryPressureProbe_;
 
+  RuntimeCounters counters_; // before pendingFrees_, which counts into it
   DomainRegistry domains_;
   BufferUseTracker bufferUses_;
-  PendingFrees pendingFrees_;
-  RuntimeCounters counters_;
+  PendingFrees pendingFrees_{counters_.deferredFrees};
 };
 
 } // namespace at::mps::threadsafe

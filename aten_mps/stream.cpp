@@ -55,6 +55,9 @@ Stream::Stream(Runtime& runtime, int id, Device& device)
       waitedUpTo_(static_cast<size_t>(runtime.poolSize()) + 1, 0) {}
 
 Stream::~Stream() {
+  // A completion handler may still be inside onBatchCompleted (notifying) although a waiter
+  // already saw its batch complete; it holds progressMutex_ until it is done with us.
+  { std::lock_guard<std::mutex> handlerDone(progressMutex_); }
   // The runtime commits and waits for every stream before destroying it; an encoder can only
   // remain if a test abandoned one, and Metal requires it ended before release.
   if (encoder_) {
@@ -63,7 +66,9 @@ Stream::~Stream() {
 }
 
 bool Stream::isCurrent() const {
-  return tlsInsideStream == this;
+  // Also true inside a block that entered the executor directly: PyTorch's documented pattern
+  // for custom kernels dispatches onto torch::mps::get_dispatch_queue() with raw dispatch_sync.
+  return tlsInsideStream == this || executor_->isCurrent();
 }
 
 void Stream::dispatch(FunctionRef<void()> fn) {
@@ -111,7 +116,7 @@ void Stream::dispatch(FunctionRef<void()> fn) {
 }
 
 void Stream::requireOnQueue(const char* what) const {
-  if (tlsInsideStream != this) {
+  if (!isCurrent()) {
     runtime_.contractError(std::string(what) + " called off the serial queue of " +
                            streamName(id_) +
                            "; wrap the call in dispatch_sync_with_rethrow(stream->queue(), ...)");
