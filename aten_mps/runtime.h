@@ -37,6 +37,7 @@
 // handler threads still use it. Runtimes created by tests are destroyed, after the threads
 // that used them have ended; a thread that exits after its runtime is gone gives nothing back.
 
+#include <cstdint>
 #include <array>
 #include <atomic>
 #include <functional>

@@ -3,6 +3,7 @@
 // Breaches of Metal's object rules, as the sim device reports them. Each kind carries the
 // message Metal's API validation (or, for races, the crash report) gives for it.
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
