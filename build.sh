@@ -4,6 +4,7 @@
 #   ./build.sh          set up, build (Release, build/release) and run the main job
 #   ./build.sh test     every test: C++ (normal, ThreadSanitizer, AddressSanitizer+UBSan
 #                       builds, through CTest), then the Python tests once python/ exists
+#   ./build.sh story    the story suite (python/) on mps or else mps_sim: thread safety off, then on
 #   ./build.sh bench    build Release and run the microbenchmark (tools/microbench)
 #   ./build.sh wheel    the patched PyTorch wheel (macOS arm64 only)
 #   ./build.sh clean    remove build/
@@ -198,13 +199,22 @@ run_python_tests() {
     log "python/ or tests/python/ does not exist yet: no Python tests to run"
     return 0
   fi
-  log "python/ exists, but build.sh has no Python test step yet (run_python_tests)"
-  return 0
+  log "Python: virtualenv .venv, pip install ./python (python/install.sh)"
+  MPSTS_JOBS="$JOBS" bash python/install.sh || return 1
+  log "Python tests (pytest tests/python, quick sizes)"
+  # Run from tests/python so the installed package, not the source tree, is imported.
+  (cd tests/python && "$REPO/.venv/bin/python" -m pytest -q -p no:cacheprovider .)
 }
 
 # The patch series' Linux checks: well formed, header hunks apply to the exact v2.14.1
 # headers, new code compiles against them, every .mm passes clang's Objective-C++ syntax check.
 run_patch_checks() {
+  # clang++ parses our Objective-C++; fmt is included by OperationUtils.h but not shipped in
+  # Debian's libtorch-dev.
+  local missing=()
+  command -v clang++ >/dev/null 2>&1 || missing+=(clang)
+  [[ -f /usr/include/fmt/format.h ]] || missing+=(libfmt-dev)
+  install_packages "${missing[@]}"
   log "patch series: tests/patches/check.sh"
   tests/patches/check.sh || return 1
   log "patch series: tools/verify_series_linux.sh"
@@ -228,8 +238,15 @@ run_main_job() {
 }
 
 # ---- `story` (issue 3) -----------------------------------------------------------------------
-# The python helper adds cmd_story here (python -m mps_threadsafe story, off then on) and makes
-# it the main job in run_main_job.
+# ./build.sh story [suite options]: the story (python -m mps_threadsafe story) on mps when this
+# torch has it, else on mps_sim; twice: thread safety off (upstream's behaviour: set_threadsafe
+# False and, on mps_sim, the runtime's protections off, each round in a subprocess whose crash
+# is counted), then on. Extra options go to the suite (e.g. --quick, --json story.json).
+cmd_story() {
+  MPSTS_JOBS="$JOBS" bash python/install.sh
+  log "story (python -m mps_threadsafe story $*)"
+  (cd "$REPO/tests" && "$REPO/.venv/bin/python" -m mps_threadsafe story "$@")
+}
 
 # ./build.sh test: every C++ test in three builds, then the Python tests.
 cmd_test() {
@@ -311,7 +328,7 @@ main() {
     bench) cmd_bench "$@" ;;
     wheel) cmd_wheel "$@" ;;
     clean) cmd_clean ;;
-    # story) cmd_story "$@" ;;   <- the python helper adds `story` here (issue 3)
+    story) cmd_story "$@" ;;
     -h | --help | help) usage ;;
     *)
       usage >&2
