@@ -1,0 +1,185 @@
+#include "allocator.h"
+
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "runtime_access.h"
+
+namespace mps_sim {
+namespace {
+
+// Note [Reuse by stream]
+// takeReusable(stream) may return a block whose last use was on `stream` itself and has not
+// completed yet: safe for that stream only. Such blocks go to that stream's own free list;
+// blocks every user has finished with (takeReusable(nullptr)) go to the shared list. A block
+// never moves from a stream's list to another stream.
+constexpr size_t kAlignment = 64;
+constexpr int kSharedList = -1;
+
+size_t bucketSize(size_t bytes) {
+  if (bytes <= 512) {
+    return 512;
+  }
+  // Round up to a quarter of the next power of two: bounded waste, few distinct sizes.
+  size_t power = 1;
+  while (power < bytes) {
+    power <<= 1;
+  }
+  const size_t quarter = power / 4;
+  return (bytes + quarter - 1) / quarter * quarter;
+}
+
+class SimAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t bytes) override {
+    if (bytes == 0) {
+      return c10::DataPtr(nullptr, device());
+    }
+    const size_t size = bucketSize(bytes);
+    void* block = takeCached(size);
+    if (block == nullptr) {
+      block = std::aligned_alloc(kAlignment, size);
+      TORCH_CHECK(block != nullptr, "mps_sim: out of host memory allocating ", size, " bytes");
+      std::lock_guard<std::mutex> lock(mutex_);
+      stats_.hostAllocations++;
+      sizes_[block] = size;
+      stats_.allocatedBytes += size;
+    }
+    return c10::DataPtr(block, block, &freeBlock, device());
+  }
+
+  c10::DeleterFnPtr raw_deleter() const override {
+    return &freeBlock;
+  }
+
+  // Storage-level copies (serialization, storage clone) read device memory from the host:
+  // wait for every stream first so no kernel is still writing it.
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    runtime().synchronizeDevice();
+    std::memcpy(dest, src, count);
+  }
+
+  static void freeBlock(void* block) {
+    instance().release(block);
+  }
+
+  static SimAllocator& instance() {
+    static auto* allocator = new SimAllocator(); // leaked with the runtime
+    return *allocator;
+  }
+
+  AllocatorStats stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    AllocatorStats out = stats_;
+    out.pendingFrees = runtime().pendingFrees().size();
+    return out;
+  }
+
+  void emptyCache() {
+    collect(nullptr, kSharedList);
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto& shared = free_[kSharedList];
+    for (auto& [size, blocks] : shared) {
+      for (void* block : blocks) {
+        sizes_.erase(block);
+        stats_.cachedBytes -= size;
+        std::free(block);
+      }
+    }
+    shared.clear();
+  }
+
+ private:
+  void release(void* block) {
+    ts::Runtime& rt = runtime();
+    std::vector<ts::StreamUse> uses = rt.bufferUses().release(block);
+    if (rt.protections().deferredFrees) {
+      rt.pendingFrees().add(block, std::move(uses));
+      std::lock_guard<std::mutex> lock(mutex_);
+      stats_.allocatedBytes -= sizes_.at(block);
+      stats_.cachedBytes += sizes_.at(block);
+      return;
+    }
+    // The deliberately unsafe mode: reusable at once, whoever still reads it.
+    std::lock_guard<std::mutex> lock(mutex_);
+    const size_t size = sizes_.at(block);
+    stats_.allocatedBytes -= size;
+    stats_.cachedBytes += size;
+    free_[kSharedList][size].push_back(block);
+  }
+
+  // Moves the pending frees `requester` may reuse now into the free list `listId`.
+  void collect(const ts::Stream* requester, int listId) {
+    std::vector<void*> reusable = runtime().pendingFrees().takeReusable(requester);
+    if (reusable.empty()) {
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (void* block : reusable) {
+      free_[listId][sizes_.at(block)].push_back(block);
+    }
+  }
+
+  void* takeFrom(int listId, size_t size) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto list = free_.find(listId);
+    if (list == free_.end()) {
+      return nullptr;
+    }
+    auto bucket = list->second.find(size);
+    if (bucket == list->second.end() || bucket->second.empty()) {
+      return nullptr;
+    }
+    void* block = bucket->second.back();
+    bucket->second.pop_back();
+    stats_.reuses++;
+    stats_.cachedBytes -= size;
+    stats_.allocatedBytes += size;
+    return block;
+  }
+
+  void* takeCached(size_t size) {
+    ts::Stream& stream = runtime().currentStream();
+    if (void* block = takeFrom(stream.id(), size)) {
+      return block;
+    }
+    if (void* block = takeFrom(kSharedList, size)) {
+      return block;
+    }
+    collect(nullptr, kSharedList);
+    if (void* block = takeFrom(kSharedList, size)) {
+      return block;
+    }
+    collect(&stream, stream.id());
+    return takeFrom(stream.id(), size);
+  }
+
+  std::mutex mutex_; // a leaf (Note [Buffer-use lock order]): nothing runtime-side runs under it
+  std::unordered_map<void*, size_t> sizes_; // every block from the host, by address
+  std::unordered_map<int, std::map<size_t, std::vector<void*>>> free_; // list id -> size -> blocks
+  AllocatorStats stats_;
+};
+
+} // namespace
+
+c10::Allocator* allocator() {
+  return &SimAllocator::instance();
+}
+
+AllocatorStats allocatorStats() {
+  return SimAllocator::instance().stats();
+}
+
+void emptyCache() {
+  SimAllocator::instance().emptyCache();
+}
+
+REGISTER_ALLOCATOR(c10::DeviceType::PrivateUse1, &SimAllocator::instance());
+
+} // namespace mps_sim

@@ -1,0 +1,72 @@
+#include "runtime_access.h"
+
+#include "allocator.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+
+namespace mps_sim {
+namespace {
+
+bool envFlag(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr && value[0] != '\0' && std::strcmp(value, "0") != 0;
+}
+
+ts::sim::ViolationPolicy policyFromEnv() {
+  const char* value = std::getenv("MPS_SIM_VIOLATIONS");
+  const std::string policy = value ? value : "abort";
+  if (policy == "throw") {
+    return ts::sim::ViolationPolicy::Throw;
+  }
+  if (policy == "count") {
+    return ts::sim::ViolationPolicy::Count;
+  }
+  return ts::sim::ViolationPolicy::Abort;
+}
+
+struct Global {
+  ts::Runtime* runtime = nullptr;
+  ts::sim::SimDevice* device = nullptr;
+};
+
+Global& global() {
+  static std::once_flag once;
+  static Global g;
+  std::call_once(once, [] {
+    ts::sim::Config config;
+    config.policy = policyFromEnv();
+    if (const char* us = std::getenv("MPS_SIM_RACE_WINDOW_US")) {
+      config.raceWindowUs.fill(static_cast<uint32_t>(std::strtoul(us, nullptr, 10)));
+    }
+    auto device = std::make_unique<ts::sim::SimDevice>(config);
+    g.device = device.get();
+    ts::RuntimeOptions options;
+    options.threadsafe = envFlag("MPS_SIM_THREADSAFE");
+    options.protections =
+        envFlag("MPS_SIM_UNSAFE") ? ts::Protections::none() : ts::Protections::all();
+    // Leaked on purpose: Note [Runtime lifetime].
+    g.runtime = new ts::Runtime(std::move(device), options);
+    // COMMIT_ADAPTIVE commits when live device memory passes this (upstream: the allocator's
+    // low watermark), so a thread that never synchronizes cannot grow its batch forever.
+    const char* limit = std::getenv("MPS_SIM_PRESSURE_BYTES");
+    const size_t pressureBytes = limit ? std::strtoull(limit, nullptr, 10) : (size_t(1) << 30);
+    g.runtime->setMemoryPressureProbe(
+        [pressureBytes] { return allocatorStats().allocatedBytes > pressureBytes; });
+  });
+  return g;
+}
+
+} // namespace
+
+ts::Runtime& runtime() {
+  return *global().runtime;
+}
+
+ts::sim::SimDevice& simDevice() {
+  return *global().device;
+}
+
+} // namespace mps_sim

@@ -1,0 +1,1 @@
+"""The device-agnostic suites: story, bench and stress (python -m mps_threadsafe --help)."""

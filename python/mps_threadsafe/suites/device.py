@@ -1,0 +1,77 @@
+"""The device a suite runs on, behind one small interface, so the same suite code runs on
+real MPS (with the patched wheel), on mps_sim, and on the CPU (where the thread-safety knobs
+are no-ops).
+
+Modes (Note [What "off" means] in mps_threadsafe/mps_sim.py):
+- "on":     set_threadsafe(True): each thread encodes on its own stream; protections on.
+- "off":    set_threadsafe(False): upstream's policy, every thread on the default stream;
+            on mps_sim the runtime's protections stay on (safe, serialized).
+- "unsafe": set_threadsafe(False) and, on mps_sim, every protection off: what upstream
+            PyTorch does on MPS. On real MPS this is simply set_threadsafe(False) (an
+            unpatched torch has no protections to switch off).
+"""
+
+import torch
+
+MODES = ("on", "off", "unsafe")
+
+
+class Device:
+    def __init__(self, name):
+        if name not in ("mps_sim", "mps", "cpu"):
+            raise ValueError(f"unknown device '{name}' (mps_sim, mps or cpu)")
+        self.name = name
+        if name == "mps_sim":
+            import mps_threadsafe  # noqa: F401  registers torch.mps_sim
+            # Each sim queue executes its kernels on one core, as one GPU queue would; ATen's
+            # intra-op threads would otherwise oversubscribe the machine.
+            torch.set_num_threads(1)
+            self.module = torch.mps_sim
+        elif name == "mps":
+            if not torch.backends.mps.is_available():
+                raise RuntimeError("device 'mps' is not available on this machine")
+            self.module = torch.mps
+        else:
+            self.module = None
+
+    @property
+    def torch_device(self):
+        return torch.device(self.name)
+
+    def has_threadsafe_api(self):
+        return self.module is not None and hasattr(self.module, "set_threadsafe")
+
+    def set_mode(self, mode):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got '{mode}'")
+        if self.name == "mps_sim":
+            self.module.set_protections(mode != "unsafe")
+        if self.has_threadsafe_api():
+            self.module.set_threadsafe(mode == "on")
+        elif mode == "on" and self.name == "mps":
+            raise RuntimeError("this torch has no torch.mps.set_threadsafe: install the patched "
+                               "wheel (./build.sh wheel) to run mode 'on' on mps")
+
+    def sync_own_stream(self):
+        """Waits for the work of the calling thread's stream only (not a device-wide sync)."""
+        if self.module is None:
+            return
+        current = getattr(self.module, "current_stream", None)
+        if current is not None:
+            current().synchronize()
+        else:
+            self.module.synchronize()
+
+    def stream_id(self):
+        current = getattr(self.module, "current_stream", None) if self.module else None
+        return current().stream_id if current is not None else 0
+
+    def stats(self):
+        if self.module is not None and hasattr(self.module, "threadsafe_stats"):
+            return self.module.threadsafe_stats()
+        return {}
+
+    def release_thread_stream(self):
+        release = getattr(self.module, "release_thread_stream", None) if self.module else None
+        if release is not None:
+            release()

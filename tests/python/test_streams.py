@@ -1,0 +1,113 @@
+"""Streams and events: the torch.mps_sim API over the runtime's streams and timeline events."""
+
+import threading
+
+import pytest
+import torch
+
+from conftest import DEVICE
+
+
+def test_current_and_default_stream_follow_the_thread_policy():
+    assert torch.mps_sim.current_stream().stream_id == 0  # threadsafe off: the default stream
+    assert torch.mps_sim.default_stream().stream_id == 0
+    torch.mps_sim.set_threadsafe(True)
+    ids = []
+    all_bound = threading.Barrier(4)
+
+    def worker():
+        torch.zeros(1, device=DEVICE).cpu()
+        ids.append(torch.mps_sim.current_stream().stream_id)
+        all_bound.wait(30)  # keep every binding alive until all threads have one
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 4 and 0 not in ids  # one pool stream per thread
+
+
+def test_stream_context_restores_the_policy():
+    s = torch.mps_sim.Stream()
+    assert 1 <= s.stream_id <= 32
+    with torch.mps_sim.stream(s):
+        assert torch.mps_sim.current_stream() == s
+        x = torch.ones(8, device=DEVICE) * 3
+    assert torch.mps_sim.current_stream().stream_id == 0
+    torch.mps_sim.set_stream(s)
+    assert torch.mps_sim.current_stream() == s
+    torch.mps_sim.set_stream(None)
+    assert torch.mps_sim.current_stream().stream_id == 0  # the policy's choice again
+    assert x.cpu().eq(3).all()
+
+
+def test_torch_stream_guard_goes_through_the_device_guard():
+    s = torch.mps_sim.Stream()
+    with torch.StreamContext(s) if hasattr(torch, "StreamContext") else s:
+        assert torch.mps_sim.current_stream().stream_id == s.stream_id
+    assert torch.mps_sim.current_stream().stream_id == 0
+
+
+def test_event_record_wait_query_synchronize():
+    producer, consumer = torch.mps_sim.Stream(), torch.mps_sim.Stream()
+    with torch.mps_sim.stream(producer):
+        x = torch.randn(256, 256, device=DEVICE)
+        y = x @ x
+        event = torch.mps_sim.Event()
+        event.record()
+    event.wait(consumer)
+    with torch.mps_sim.stream(consumer):
+        z = y + 1
+    event.synchronize()
+    assert event.query()
+    consumer.synchronize()
+    assert consumer.query()
+    torch.testing.assert_close(z.cpu(), x.cpu() @ x.cpu() + 1, atol=1e-3, rtol=1e-4)
+
+
+def test_wait_stream_orders_work_between_streams():
+    a, b = torch.mps_sim.Stream(), torch.mps_sim.Stream()
+    with torch.mps_sim.stream(a):
+        x = torch.full((512, 512), 2.0, device=DEVICE)
+        y = (x @ x).sum()
+    b.wait_stream(a)
+    with torch.mps_sim.stream(b):
+        z = y * 2
+    assert z.item() == 2 * 512 * 512 * 4 * 512
+
+
+def test_cross_stream_use_is_ordered_without_explicit_sync():
+    a, b = torch.mps_sim.Stream(), torch.mps_sim.Stream()
+    before = torch.mps_sim.threadsafe_stats()
+    with torch.mps_sim.stream(a):
+        x = torch.arange(10000, dtype=torch.float32, device=DEVICE) * 3
+    with torch.mps_sim.stream(b):  # no event, no wait: useBuffers orders the read
+        y = x + 1
+    torch.testing.assert_close(y.cpu(), torch.arange(10000, dtype=torch.float32) * 3 + 1)
+    waits = sum(s["cross_stream_waits"] for s in torch.mps_sim.threadsafe_stats()["streams"])
+    assert waits > sum(s["cross_stream_waits"] for s in before["streams"])
+
+
+def test_record_stream_defers_reuse():
+    a = torch.mps_sim.Stream()
+    x = torch.randn(1024, device=DEVICE)
+    with torch.mps_sim.stream(a):
+        y = x * 2
+    x.record_stream(a)
+    del x
+    a.synchronize()
+    assert y.cpu().shape == (1024,)
+
+
+def test_stream_of_another_device_is_refused():
+    with pytest.raises((ValueError, RuntimeError), match="mps_sim"):
+        torch.mps_sim.set_stream(torch.Stream(device="cpu"))
+    with pytest.raises((ValueError, RuntimeError), match="mps_sim"):
+        with torch.mps_sim.stream(torch.Stream(device="cpu")):
+            pass
+    s = torch.mps_sim.Stream()
+    with pytest.raises((ValueError, RuntimeError), match="mps_sim"):
+        s.wait_stream(torch.Stream(device="cpu"))
+    with pytest.raises(ValueError):
+        torch.mps_sim.Stream(stream_id=99)
