@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build.sh: build, test and run torch-mps-threadsafe. One function per subcommand.
 #
-#   ./build.sh          set up, build (Release, build/release) and run the main job
+#   ./build.sh          set up (packages, .venv), build and run the main job (demo + story)
 #   ./build.sh test     every test: C++ (normal, ThreadSanitizer, AddressSanitizer+UBSan
 #                       builds, through CTest), then the Python tests once python/ exists
 #   ./build.sh story    the story suite (python/) on mps or else mps_sim: thread safety off, then on
@@ -230,11 +230,14 @@ cmd_default() {
   run_main_job
 }
 
-# The main job. Until the Python suites exist: the threaded demo on the sim device, protections
-# off then on (tools/demo.cpp says what it checks).
+# The main job: the runtime's threaded demo on the sim device (protections off, then on), then
+# the story on mps (or mps_sim), thread safety off, then on, with quick sizes; `./build.sh story`
+# runs it at full size.
 run_main_job() {
-  log "main job: tools/demo (the same threaded workload, protections off, then on)"
+  log "main job 1/2: tools/demo (the same threaded workload, protections off, then on)"
   "$BUILD_ROOT/release/tools/demo"
+  log "main job 2/2: the story, thread safety off then on (quick sizes)"
+  cmd_story --quick
 }
 
 # ---- `story` (issue 3) -----------------------------------------------------------------------

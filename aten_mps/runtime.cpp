@@ -237,8 +237,8 @@ void Runtime::setThreadsafe(bool on) {
       throw WorkInFlightError(
           std::string("cannot switch thread safety ") + (on ? "on" : "off") +
           ": stream " + std::to_string(stream->id()) +
-          " holds work another thread has encoded but not committed; synchronize those threads "
-          "(or call synchronize() on them) first");
+          " holds encoded work that is not committed (another thread's, or left on a stream this "
+          "thread no longer uses); synchronize that stream first");
     }
   }
   runOnQueue(mine, [&] { mine.synchronize(SyncType::COMMIT); });
