@@ -6,7 +6,8 @@
 #
 #   MPSTS_PYTHON=python3.11   interpreter for a new virtualenv (default python3)
 #   MPSTS_JOBS=N              parallel compile jobs (default 2)
-#   MPSTS_TORCH_SPEC="torch==2.13.0"  torch to install when the venv has none (default torch>=2.6)
+#   MPSTS_TORCH_SPEC="torch==2.13.0"  torch to install when the venv has none (default torch==2.13.0:
+#                             a CPU build; any torch >= 2.6 works)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,8 +19,8 @@ if [[ ! -x $PY ]]; then
   "${MPSTS_PYTHON:-python3}" -m venv "$VENV"
 fi
 if ! "$PY" -c "import torch" 2>/dev/null; then
-  echo "==> installing ${MPSTS_TORCH_SPEC:-torch>=2.6}"
-  "$PY" -m pip install --quiet "${MPSTS_TORCH_SPEC:-torch>=2.6}"
+  echo "==> installing ${MPSTS_TORCH_SPEC:-torch==2.13.0}"
+  "$PY" -m pip install --quiet "${MPSTS_TORCH_SPEC:-torch==2.13.0}"
 fi
 missing=()
 for module in pybind11 scikit_build_core numpy pytest; do
