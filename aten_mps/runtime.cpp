@@ -272,8 +272,16 @@ bool Runtime::underMemoryPressure() const {
 
 void Runtime::synchronizeDevice() {
   counters_.deviceSynchronizes.add();
-  Stream& mine = currentStream();
-  runOnQueue(mine, [&] { mine.synchronize(SyncType::COMMIT); });
+  // Commit the work this thread encoded, on the stream it encoded it on; a thread that has no
+  // stream yet has nothing to commit, and is not bound to one just to synchronize.
+  ThreadBinding& binding = tlsBindings.of(serial_, life_);
+  Stream* mine = binding.explicitStream;
+  if (mine == nullptr) {
+    mine = threadsafe() ? binding.bound : &defaultStream();
+  }
+  if (mine != nullptr) {
+    runOnQueue(*mine, [&] { mine->synchronize(SyncType::COMMIT); });
+  }
   const std::vector<Stream*> streams = createdStreams();
   for (Stream* stream : streams) {
     stream->waitCompleted(stream->submittedBatch());

@@ -26,7 +26,8 @@
 // policy.
 //
 // Note [Device-wide synchronize]
-// synchronizeDevice() commits the calling thread's current stream and then waits, on the CPU,
+// synchronizeDevice() commits the calling thread's current stream (if it has one: it binds no
+// stream to a thread that has encoded nothing) and then waits, on the CPU,
 // for the batches every other stream has submitted. It never ends, commits or encodes into
 // another stream's open command buffer (the mistake a reviewer caught in CTranslate2's MPS
 // backend): work another thread has encoded but not committed is that thread's to submit.

@@ -17,7 +17,7 @@ namespace {
 void requireCleanProtectedRun(SimRuntime& env, StressWorkload& workload, int slots) {
   StressCounts& counts = workload.counts();
   env.rt().synchronizeDevice(); // after every worker exited: all their batches were submitted
-  env.rt().releaseThreadStream(); // synchronizeDevice bound this thread to a stream
+  env.rt().releaseThreadStream(); // a no-op unless this thread encoded: nothing stays bound
   // Handlers run on the device's handler thread, possibly after the batch's own completion.
   bool handlersDone = eventually([&] { return counts.handlersRan == counts.handlersAdded; });
   sim::Stats device = env.device().stats();
