@@ -43,11 +43,13 @@ struct ThreadBindings {
         return binding;
       }
     }
-    // Forget runtimes that are gone before remembering a new one.
+    // Forget runtimes that are gone before remembering a new one. try_lock: this may run
+    // inside a stream's queue, and an exiting thread holds a Life mutex while it enters one.
     list.erase(std::remove_if(list.begin(), list.end(),
                               [](ThreadBinding& binding) {
-                                std::lock_guard<std::mutex> lock(binding.life->mutex);
-                                return binding.life->runtime == nullptr;
+                                std::unique_lock<std::mutex> lock(binding.life->mutex,
+                                                                  std::try_to_lock);
+                                return lock.owns_lock() && binding.life->runtime == nullptr;
                               }),
                list.end());
     list.push_back({serial, life, nullptr, nullptr});
