@@ -177,8 +177,11 @@ echo "wheel: $wheel ($(du -h "$wheel" | cut -f1))"
 
 # CMake turns USE_MPS off without an error when it cannot find MPSGraph (no Xcode, old SDK).
 cache="$src/build/CMakeCache.txt"
-grep -q '^USE_MPS:BOOL=ON' "$cache" ||
-  die "CMake configured USE_MPS=OFF (see 'MPSGraph framework' in the CMake output): check Xcode and its macOS SDK"
+if ! grep -q '^USE_MPS:BOOL=ON' "$cache"; then
+  rm -f "$wheel"
+  die "CMake configured USE_MPS=OFF (see 'MPSGraph framework' in the CMake output): check Xcode" \
+      "and its macOS SDK. The wheel, which has no MPS, was deleted."
+fi
 
 if [ -n "$ccache_bin" ]; then
   step "ccache"
@@ -191,6 +194,9 @@ if [ -n "$ccache_bin" ]; then
       echo "Objective-C++ (.mm) compiles go through ccache"
     else
       echo "WARNING: .mm files compiled without ccache: ${mm_command%% -*} ..." >&2
+      if [ -n "${GITHUB_ACTIONS:-}" ]; then
+        echo "::warning title=ccache::Objective-C++ files were compiled without ccache; the next build will recompile them"
+      fi
     fi
   fi
   "$ccache_bin" --show-stats || true
