@@ -32,9 +32,12 @@
 # kernel libraries MPS never calls: MKLDNN (already off by default on arm64), FBGEMM, NNPACK,
 # PyTorch's QNNPACK, XNNPACK (by far the largest: thousands of micro-kernel files) and KleidiAI.
 # The CPU ops they accelerate fall back to ATen's own kernels, which is what the tests compare
-# MPS against anyway. Kineto (the profiler back end, ~50 files) stays: torch.profiler needs it.
-# `full` leaves every flag at PyTorch's default except BUILD_TEST=0 (a drop-in for the
-# official wheel, distributed included). Every flag name was checked against the option()
+# MPS against anyway. Kineto (~50 files) stays: torch.profiler is built on it.
+# `full` leaves every flag at PyTorch's default except BUILD_TEST=0: close to the official
+# v2.14.1 macOS wheel, whose Caffe2Targets.cmake exports USE_DISTRIBUTED/USE_C10D_GLOO/USE_RPC/
+# USE_TENSORPIPE and whose libtorch_cpu carries XNNPACK, QNNPACK, NNPACK and KleidiAI code (so
+# a minimal wheel has no torch.distributed, and extensions that need it cannot load against it).
+# CI builds the minimal profile, the default. Every flag name was checked against the option()
 # list of a 2025-2026 PyTorch CMakeLists.txt; setup.py passes USE_*/BUILD_*/CMAKE_*
 # environment variables to CMake as -D options.
 #
