@@ -94,6 +94,14 @@ src=$(cd "$src" && pwd -P)
 git -C "$src" rev-parse -q --verify "$tag^{commit}" >/dev/null || git -C "$src" fetch --depth 1 origin tag "$tag"
 # Start from the pristine tag every run: patches are applied as commits on branch mpsts.
 git -C "$src" checkout -q -f -B mpsts "$tag"
+# Note [Deterministic commits]: every commit made on mpsts (runtime copy, patches, audit fix) is
+# dated like the tag's commit, so the same inputs give the same HEAD. Its SHA is compiled into
+# libtorch_cpu (COMMIT_SHA in torch.__config__.show(), via caffe2/core/macros.h) and becomes
+# torch.version.git_version: stable, it names the exact patched tree, and the files that include
+# macros.h stay ccache hits instead of missing on every run.
+GIT_AUTHOR_DATE=$(git -C "$src" log -1 --format=%cI "$tag^{commit}")
+GIT_COMMITTER_DATE=$GIT_AUTHOR_DATE
+export GIT_AUTHOR_DATE GIT_COMMITTER_DATE
 git -C "$src" clean -fdq -e /build -e '*.egg-info'
 git -C "$src" submodule update --init --recursive --depth 1 --jobs 4 -q
 
