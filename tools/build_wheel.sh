@@ -46,9 +46,11 @@
 # and CUDA launchers, and caffe2/CMakeLists.txt enables OBJC/OBJCXX for MPS, so the ~200 .mm
 # files of the MPS backend — the files this project patches — would compile uncached. Here all
 # four launchers are set (CMAKE_{C,CXX,OBJC,OBJCXX}_COMPILER_LAUNCHER, passed by setup.py as
-# cache variables, so they exist before the torch_cpu target is created), and after the build
-# the script checks that a .mm compile command went through ccache. CCACHE_BASEDIR is the
-# PyTorch tree, so caches made in another checkout path still hit.
+# -D cache variables, so they exist before the torch_cpu target is created; CMake's own reading
+# of the environment variable happens only when OBJCXX is enabled, too late for torch_cpu, as a
+# mock of that CMake layout shows with CMake 4.4), and after the build the script checks that
+# a .mm compile command went through ccache. CCACHE_BASEDIR is the PyTorch tree, so caches
+# made in another checkout path still hit.
 #
 # Kept bash 3.2 compatible (macOS's /bin/bash): no associative arrays, mapfile, ${x,,}, |&.
 set -euo pipefail
