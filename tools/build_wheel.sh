@@ -22,7 +22,7 @@
 #   PYTORCH_SRC, PYTHON (default python3), DIST (default dist/), MPSTS_LOCAL_VERSION (mpsts),
 #   MACOSX_DEPLOYMENT_TARGET (default 14.0, the official v2.14.1 wheel's),
 #   MAX_JOBS (default: the cores, at most one per 2 GiB of memory),
-#   MPSTS_BUILD_PROFILE=minimal|full (default minimal; see Note [Build flags]); any flag set in
+#   MPSTS_BUILD_PROFILE=full|minimal (default full; see Note [Build flags]); any flag set in
 #   the environment (e.g. USE_DISTRIBUTED=1) wins over the profile,
 #   MPSTS_CCACHE=0 to build without ccache (default: used when `ccache` is on PATH).
 #
@@ -37,9 +37,11 @@
 # v2.14.1 macOS wheel, whose Caffe2Targets.cmake exports USE_DISTRIBUTED/USE_C10D_GLOO/USE_RPC/
 # USE_TENSORPIPE and whose libtorch_cpu carries XNNPACK, QNNPACK, NNPACK and KleidiAI code (so
 # a minimal wheel has no torch.distributed, and extensions that need it cannot load against it).
-# CI builds the minimal profile, the default. Every flag name was checked against the option()
-# list of a 2025-2026 PyTorch CMakeLists.txt; setup.py passes USE_*/BUILD_*/CMAKE_*
-# environment variables to CMake as -D options.
+# `full` is the default, the wheel a user installs; CI builds the minimal profile
+# (MPSTS_BUILD_PROFILE=minimal in the workflow) to fit a 3-core runner: the MPS code is the
+# same. Every flag name was checked against the option() list of a 2025-2026 PyTorch
+# CMakeLists.txt; setup.py passes USE_*/BUILD_*/CMAKE_* environment variables to CMake as -D
+# options.
 #
 # Note [ccache and Objective-C++]
 # PyTorch's CMakeLists (USE_CCACHE, on by default) finds ccache itself, but sets only the C, C++
@@ -139,7 +141,7 @@ cat "$dist/mps-queue-audit.txt"
 step "Build configuration"
 # Always: MPS on, no GPU back ends but MPS, no C++ tests.
 export USE_MPS=1 USE_CUDA=0 USE_ROCM=0 USE_XPU=0 BUILD_TEST=0
-profile=${MPSTS_BUILD_PROFILE:-minimal}
+profile=${MPSTS_BUILD_PROFILE:-full}
 case "$profile" in
   minimal)
     for flag in USE_DISTRIBUTED USE_MKLDNN USE_FBGEMM USE_NNPACK USE_PYTORCH_QNNPACK \
