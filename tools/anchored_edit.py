@@ -19,11 +19,18 @@ File format (after a git-style header: From:/Subject:/description, then a line `
     @@@ body-start FUNC || sym=MANGLED             insert at the start of FUNC's body
     @@@ line FUNC || OLD || count=N || sym=MANGLED replace each body line OLD (N of them)
     @@@ after FUNC || OLD || count=N || sym=MANGLED insert after each body line OLD
+    @@@ replace FUNC || OLD || NEW || count=N || sym=M  replace the token OLD by NEW in FUNC's
+                                                   body (N occurrences: the calls the v2.14.1
+                                                   disassembly shows; OLD must not follow an
+                                                   identifier character)
+    @@@ wrap FUNC || sym=MANGLED                   FUNC's body becomes the op's lines, with the
+                                                   line `@BODY@` replaced by the old body
     @@@ after-line OLD                             insert after the file's one line OLD
     @@@ append                                     lines added at the end of the file
 
-FUNC is the stripped text of the line that opens the function (it must end with `{` and occur
-once in the file); the body ends at the first later line that is exactly `}`. OLD is compared
+FUNC is the stripped text of the first line of the function's signature (it must occur once in
+the file; the body opens at the first line ending in `{`, at most 5 lines further); the body
+ends at the first later line that is the signature's indentation followed by `}`. OLD is compared
 with each line stripped of surrounding whitespace; the lines given for `line`/`after`/
 `after-line` are indented by OLD's indentation. Lines of an op run to the next `@@@` line.
 
@@ -64,12 +71,12 @@ def parse(path):
             positional = [f for f in fields if not re.match(r"^(sym|count)=", f)]
             keywords = dict(f.split("=", 1) for f in fields if re.match(r"^(sym|count)=", f))
             want = {"prepend": 0, "append": 0, "body": 1, "body-start": 1, "line": 2,
-                    "after": 2, "after-line": 1}
+                    "after": 2, "after-line": 1, "replace": 3, "wrap": 1}
             if kind not in want:
                 raise Refused(f"{path}:{number}: unknown op '{kind}'")
             if len(positional) != want[kind]:
                 raise Refused(f"{path}:{number}: '{kind}' takes {want[kind]} anchors, got {positional}")
-            if kind in ("body", "body-start", "line", "after") and "sym" not in keywords:
+            if kind in ("body", "body-start", "line", "after", "replace", "wrap") and "sym" not in keywords:
                 raise Refused(f"{path}:{number}: '{kind}' names a function: give its sym=")
             op = {"kind": kind, "anchors": positional, "count": int(keywords.get("count", 1)),
                   "sym": keywords.get("sym"), "lines": [], "where": f"{path}:{number}",
@@ -91,16 +98,33 @@ def indent(lines, prefix):
 
 
 def find_function(lines, anchor, op):
-    hits = [i for i, l in enumerate(lines) if l.strip() == anchor]
+    """(line index of the body's opening '{', index of its closing '}')."""
+    def opening_of(start):
+        # a signature may continue over a few lines (parameters one per line)
+        for i in range(start, min(start + 6, len(lines))):
+            text = lines[i].rstrip()
+            if text.endswith("{"):
+                return i
+            if text.endswith((";", "}")):
+                return None
+        return None
+
+    # An anchor ending in '(' names the function by its name up to the parameters (a prefix
+    # of the signature's first line), so the parameters' line breaks do not matter.
+    prefix = anchor.endswith("(")
+    hits = [i for i, l in enumerate(lines)
+            if (l.strip().startswith(anchor) if prefix else l.strip() == anchor)
+            and opening_of(i) is not None]
     if len(hits) != 1:
-        raise Refused(f"{op['where']}: function line {anchor!r} found {len(hits)} times, want 1")
+        raise Refused(f"{op['where']}: function {anchor!r} (with a body) found {len(hits)} times, want 1")
     start = hits[0]
-    if not lines[start].rstrip().endswith("{"):
-        raise Refused(f"{op['where']}: {anchor!r} does not open a body (no trailing '{{')")
-    for end in range(start + 1, len(lines)):
-        if lines[end] == "}":
-            return start, end
-    raise Refused(f"{op['where']}: no closing '}}' line after {anchor!r}")
+    opening = opening_of(start)
+    # the body closes at the first later line that is the signature's indentation + '}'
+    closing = re.match(r"\s*", lines[start]).group(0) + "}"
+    for end in range(opening + 1, len(lines)):
+        if lines[end] == closing:
+            return opening, end
+    raise Refused(f"{op['where']}: no closing {closing!r} line after {anchor!r}")
 
 
 def apply_ops(text, ops):
@@ -123,6 +147,19 @@ def apply_ops(text, ops):
             start, end = find_function(lines, anchors[0], op)
             if kind == "body":
                 lines[start + 1:end] = op["lines"]
+            elif kind == "wrap":
+                if op["lines"].count("@BODY@") != 1:
+                    raise Refused(f"{op['where']}: 'wrap' needs exactly one @BODY@ line")
+                at = op["lines"].index("@BODY@")
+                lines[start + 1:end] = op["lines"][:at] + lines[start + 1:end] + op["lines"][at + 1:]
+            elif kind == "replace":
+                token = re.compile(r"(?<![A-Za-z0-9_])" + re.escape(anchors[1]))
+                found = sum(len(token.findall(lines[i])) for i in range(start + 1, end))
+                if found != op["count"]:
+                    raise Refused(f"{op['where']}: in {anchors[0]!r}, {anchors[1]!r} found {found} "
+                                  f"times, want {op['count']}")
+                for i in range(start + 1, end):
+                    lines[i] = token.sub(lambda _: anchors[2], lines[i])
             elif kind == "body-start":
                 lines[start + 1:start + 1] = op["lines"]
             else:
