@@ -277,6 +277,46 @@ for src in "${our_mm[@]}" "${created_mm[@]}"; do
 $out"
   echo "   ${src#"$inc"/}" | sed "s#$root/##"
 done
+step "(d) whole-file replacements keep every symbol v2.14.1 exports from the file they replace"
+# Compiled to an object (host ABI; names compared demangled, with libc++/libstdc++ and
+# int64_t spellings normalized) and compared with the v2.14.1 exports of the same classes.
+mapfile -t replaced < <(awk -F'\t' '$2=="rename"{print $3}' "$work/blocks" | sort -u)
+for path in "${replaced[@]}"; do
+  out=$("${objcxx[@]/-fsyntax-only/-c}" -DAT_PER_OPERATOR_HEADERS "${torch_system_includes[@]}" \
+    -o "$work/replacement.o" "$inc/$path" 2>&1) || fail "$path does not compile to an object:
+$out"
+  python3 - "$path" "$work/replacement.o" "$upstream/installed/lib/libtorch_cpu.dylib" <<'EOF' ||
+import re, subprocess, sys
+path, obj, lib = sys.argv[1:]
+groups = {  # the functions each v2.14.1 file defines (its header's declarations)
+    "aten/src/ATen/mps/MPSStream.mm": r"^at::mps::(MPSStream|MPSStreamImpl)::|^at::mps::(getCurrentMPSStream|getDefaultMPSStream|getStreamFromPool|setCurrentMPSStream|synchronizeAllMPSStreams|dispatch_sync_with_rethrow)\(",
+    "aten/src/ATen/mps/MPSEvent.mm": r"^at::mps::(MPSEvent|MPSEventPool)::|^at::mps::getMPSEventPool\(",
+    "aten/src/ATen/mps/MPSGuardImpl.mm": r"^at::mps::MPSGuardImpl::",
+}
+if path not in groups:
+    sys.exit(f"{path}: replaced whole, but check.sh does not know which v2.14.1 symbols it defines")
+def norm(name):
+    name = name.replace("std::__1::", "std::")
+    name = re.sub(r"\[abi:[^\]]*\]", "", name)
+    return name.replace("unsigned long long", "unsigned long").replace("long long", "long")
+def defined(binary, types):
+    names = set()
+    out = subprocess.run(["llvm-nm", "-C", "--defined-only", binary], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3 and parts[1] in types and ".cold." not in parts[2]:
+            names.add(norm(parts[2]))
+    return names
+want = {n for n in defined(lib, ("T",)) if re.search(groups[path], n)}
+missing = sorted(want - defined(obj, ("T", "W")))
+for name in missing:
+    print(f"   missing: {name}", file=sys.stderr)
+if not missing:
+    print(f"   {path}: defines all {len(want)} functions v2.14.1 exports from it")
+sys.exit(1 if missing else 0)
+EOF
+    fail "$path (whole-file replacement) lost v2.14.1 symbols (above)"
+done
 step "(d) C++ and Python files the series adds"
 for path in "${created[@]}"; do
   case $path in
