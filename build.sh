@@ -209,16 +209,25 @@ run_python_tests() {
 # The patch series' Linux checks: well formed, header hunks apply to the exact v2.14.1
 # headers, new code compiles against them, every .mm passes clang's Objective-C++ syntax check.
 run_patch_checks() {
-  # clang++ parses our Objective-C++; fmt is included by OperationUtils.h but not shipped in
-  # Debian's libtorch-dev.
+  # Against the exact v2.14.1 files of the release wheel, which tools/fetch_upstream.sh
+  # downloads with pip once (~127 MB, cached in build/wheel-cache/, never committed).
+  # clang++ parses our Objective-C++; llvm-nm/llvm-objdump read the wheel's Mach-O libraries
+  # (the symbol table, the binary audit); Python.h for torch/csrc/mps/Threadsafe.cpp.
   local missing=()
   command -v clang++ >/dev/null 2>&1 || missing+=(clang)
-  [[ -f /usr/include/fmt/format.h ]] || missing+=(libfmt-dev)
+  { command -v llvm-nm && command -v llvm-objdump; } >/dev/null 2>&1 || missing+=(llvm)
+  python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' ||
+    missing+=(python3-dev)
+  python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
   install_packages "${missing[@]}"
+  local started=$SECONDS
+  log "patch series: tools/fetch_upstream.sh (PyTorch v2.14.1 release wheel)"
+  tools/fetch_upstream.sh >/dev/null || return 1
   log "patch series: tests/patches/check.sh"
   tests/patches/check.sh || return 1
-  log "patch series: tools/verify_series_linux.sh"
+  log "patch series: tools/verify_series_linux.sh (atomic applier, anchored edits, binary audit)"
   tools/verify_series_linux.sh || return 1
+  log "patch series: checks took $((SECONDS - started)) s"
 }
 
 # The macOS wheel workflow (issue 7): actionlint on .github/workflows/ (with shellcheck on every
@@ -318,7 +327,7 @@ cmd_test() {
     printf '  %-8s %-7s\n' patches FAILED
     failed=1
   else
-    printf '  %-8s %-7s %s\n' patches passed "(tests/patches/check.sh, tools/verify_series_linux.sh)"
+    printf '  %-8s %-7s %s\n' patches passed "(tests/patches/check.sh, tools/verify_series_linux.sh: v2.14.1 exact files, binary audit)"
   fi
   if [[ $workflow_status -ne 0 ]]; then
     printf '  %-8s %-7s\n' workflow FAILED

@@ -1,106 +1,203 @@
 #!/usr/bin/env bash
-# verify_series_linux.sh [TORCH_HEADERS] — the Linux checks of patches 0010- (part B):
-#  1. they apply, in series order, to the exact v2.14.1 OperationUtils.h (and the new files they
-#     create), through tools/apply_series.sh (the applier the wheel build uses); with
-#     UPSTREAM_EXCERPTS=DIR (upstream .mm regions read with the search tool, never committed:
-#     no upstream file lives in this repository) also to those upstream files;
-#  2. with UPSTREAM_EXCERPTS, tools/mps_queue_audit.py finds the known off-queue touches before
-#     the series and none after it;
-#  3. the new C++ (torch/csrc/mps/Threadsafe.cpp, operations/RecordStream.mm,
-#     SharedObjects.mm) compiles with g++ and clang++ -std=c++20 -Wall -Wextra -Werror against
-#     the v2.14.1 headers, the runtime headers (aten_mps/) and part A's MPSThreadsafe.h;
-#  4. the Python files and test/test_mps_threadsafe.py byte-compile.
-# TORCH_HEADERS: v2.14.1 headers (default build/torch-headers, unpacked there with
-# ../shared/tools/torch-headers.sh when missing).
+# verify_series_linux.sh — the Linux checks of how the series is applied and of what it must
+# cover, against the exact v2.14.1 release files (tools/fetch_upstream.sh):
+#  1. tools/apply_series.sh is atomic: applied to a copy of the exact files, a series whose
+#     last entry fails (a broken context line; an anchor that is not there) leaves the tree
+#     exactly as it was — same commit, no changed, added or left-over (.orig/.rej) file — and
+#     prints the failing hunk; a series that applies makes one commit per entry;
+#  2. tools/anchored_edit.py does what patches/README.md says on a fixture: each op, and a
+#     refusal for an anchor found twice, a count that differs, a missing function;
+#  3. the binary audit (tools/binary_audit.py): every MPS stream/queue call site in v2.14.1's
+#     libtorch_cpu/libtorch_python is accounted for in patches/audit.tsv.
+# (Applying the whole series to the exact files and compiling it: tests/patches/check.sh.)
+# Env: UPSTREAM_DIR (default build/upstream-v2.14.1; fetched when missing).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-work=$(mktemp -d)
+upstream=${UPSTREAM_DIR:-$repo/build/upstream-v2.14.1}
+"$repo/tools/fetch_upstream.sh" "$upstream" >/dev/null
+work=$(mktemp -d "${TMPDIR:-/tmp}/verify-series.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-headers=${1:-${TORCH_HEADERS:-$repo/build/torch-headers}}
-if [ ! -f "$headers/ATen/native/mps/OperationUtils.h" ]; then
-  # The cache tests/patches/check.sh uses too.
-  rm -rf "$headers.partial"
-  "$repo/../shared/tools/torch-headers.sh" "$headers.partial" >/dev/null
-  mv "$headers.partial" "$headers"
-fi
-[ -f "$headers/ATen/native/mps/OperationUtils.h" ] || { echo "verify: no v2.14.1 headers in $headers" >&2; exit 1; }
-
-# The source file the installed header was made from: drop the wrapper install adds.
-source_header() {
-  sed -e '1{/^#if !defined(TORCH_STABLE_ONLY)/d}' "$1" | awk '{l[n++]=$0} END {
-    e=n; if (e>=3 && l[e-1] ~ /^#endif  \/\/ !defined\(TORCH_STABLE_ONLY\)/ && l[e-2] ~ /^#error/ && l[e-3] ~ /^#else/) e-=3;
-    while (e>0 && l[e-1]=="") e--; for (i=0;i<e;i++) print l[i] }'
+fail() {
+  echo "verify_series_linux: FAIL: $*" >&2
+  exit 1
 }
+git_() { git -c user.name=verify -c user.email=verify@localhost "$@"; }
 
-tree="$work/tree"
-mkdir -p "$tree/aten/src/ATen/native/mps"
-excerpts=${UPSTREAM_EXCERPTS:-}
-if [ -n "$excerpts" ]; then
-  cp -R "$excerpts/." "$tree/"
-  rm -f "$tree/README.md"
-fi
-source_header "$headers/ATen/native/mps/OperationUtils.h" > "$tree/aten/src/ATen/native/mps/OperationUtils.h"
-git -C "$tree" init -q
-git -C "$tree" add -A
-git -C "$tree" -c user.name=verify -c user.email=verify@localhost commit -qm "upstream excerpts"
-
-if [ -z "$excerpts" ]; then
-  echo "== SKIPPED: audit before the series and hunks against upstream .mm files (set"
-  echo "   UPSTREAM_EXCERPTS to a folder of upstream sources; the macOS workflow checks them)"
-elif python3 "$repo/tools/mps_queue_audit.py" --check "$tree" > "$work/before.txt"; then
-  cat "$work/before.txt"; echo "verify: the audit found nothing before the series: it cannot fail" >&2; exit 1
-else
-  grep -c OFF-QUEUE "$work/before.txt" | sed 's/^/off-queue touches before: /'
-fi
-
-echo "== apply patches 0010- of patches/series"
-mkdir -p "$work/patches"
-grep -E '^00(1[0-9]|[2-9][0-9])-' "$repo/patches/series" > "$work/patches/series"
-while read -r p; do cp "$repo/patches/$p" "$work/patches/"; done < "$work/patches/series"
-if [ -z "$excerpts" ]; then
-  # Without upstream sources, apply only what exists here: the v2.14.1 header and the files
-  # the patches create.
-  while read -r p; do
-    includes=(--include=aten/src/ATen/native/mps/OperationUtils.h)
-    while read -r created; do includes+=("--include=$created"); done < <(
-      git apply --summary "$work/patches/$p" | sed -n 's/^ create mode [0-9]* //p')
-    git -C "$tree" apply --whitespace=nowarn "${includes[@]}" "$work/patches/$p"
-    echo "applied (header + new files): $p"
-  done < "$work/patches/series"
-else
-  "$repo/tools/apply_series.sh" "$work/patches" "$tree"
-fi
-
-echo "== audit after the series"
-python3 "$repo/tools/mps_queue_audit.py" --check "$tree"
-
-echo "== compile the new C++"
-inc="$work/inc"
-mkdir -p "$inc/ATen/mps" "$inc/ATen/native/mps" "$inc/mock/ATen/native/mps"
-ln -s "$repo/aten_mps" "$inc/ATen/mps/threadsafe"
-awk '/^\+\+\+ b\/aten\/src\/ATen\/mps\/MPSThreadsafe.h/{f=1;next} f&&/^diff --git/{f=0} f&&/^@@/{next} f{print substr($0,2)}' \
-  "$repo"/patches/0002-*.patch > "$inc/ATen/mps/MPSThreadsafe.h"
-[ -s "$inc/ATen/mps/MPSThreadsafe.h" ] || { echo "verify: patch 0002 provides no ATen/mps/MPSThreadsafe.h" >&2; exit 1; }
-cp "$tree/aten/src/ATen/native/mps/SharedObjects.h" "$inc/ATen/native/mps/"
-cat > "$inc/mock/ATen/native/mps/OperationUtils.h" <<'MOCK'
-// What SharedObjects.mm uses from OperationUtils.h (the real one needs the macOS SDK).
-#pragma once
-#include <c10/util/Exception.h>
-namespace at::native::mps {
-struct MPSCachedGraph { virtual ~MPSCachedGraph() = default; void* graph() const { return nullptr; } };
-}
-MOCK
-pyinc=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-pybind=$(python3 -c 'import pybind11; print(pybind11.get_include())')
-common=(-std=c++20 -fsyntax-only -Wall -Wextra -Werror -I"$inc" -isystem "$headers"
-        -isystem "$headers/torch/csrc/api/include" -isystem "$repo/tests/apple_stubs")
-for cxx in g++ clang++; do
-  "$cxx" "${common[@]}" -DUSE_MPS -isystem "$pyinc" -isystem "$pybind" "$tree/torch/csrc/mps/Threadsafe.cpp"
-  "$cxx" "${common[@]}" -DAT_PER_OPERATOR_HEADERS -x c++ "$tree/aten/src/ATen/native/mps/operations/RecordStream.mm"
-  "$cxx" "${common[@]}" -I"$inc/mock" -x c++ "$tree/aten/src/ATen/native/mps/SharedObjects.mm"
-  echo "$cxx: ok"
+echo "== 1. tools/apply_series.sh is atomic"
+tree=$work/tree
+for path in aten/src/ATen/mps/MPSStream.h aten/src/ATen/native/mps/OperationUtils.h \
+  aten/src/ATen/native/native_functions.yaml torch/mps/__init__.py; do
+  mkdir -p "$tree/$(dirname "$path")"
+  cp "$upstream/$path" "$tree/$path"
 done
+git_ -C "$tree" init -q
+git_ -C "$tree" add -A
+git_ -C "$tree" commit -qm "v2.14.1 (release wheel files)"
+echo "not part of the tree" >"$tree/untracked-before.txt" # must survive a rollback
+state() { # everything a rollback must restore
+  (cd "$tree" && git rev-parse HEAD && git status --porcelain --ignored && git log --oneline | wc -l &&
+    find . -path ./.git -prune -o -type f -print0 | sort -z | xargs -0 sha256sum)
+}
+state >"$work/before"
+good=$work/good
+mkdir -p "$good"
+for p in 0001-mps-build-thread-safe-runtime-into-aten.patch 0013-mps-graph-and-kernel-caches-thread-safe.patch; do
+  cp "$repo/patches/$p" "$good/"
+  echo "$p" >>"$good/series"
+done
+# (a) the last entry's context does not match v2.14.1 (one context line altered)
+broken=$work/broken-context
+cp -R "$good" "$broken"
+awk '/^diff --git a\/aten\/src\/ATen\/native\/native_functions.yaml/ {yaml = 1}
+     yaml && !done && /^ +CUDA: record_stream_cuda$/ {sub(/record_stream_cuda/, "record_stream_cuda_NOT_IN_V2_14_1"); done = 1}
+     {print}' "$repo/patches/0015-mps-record-stream.patch" >"$broken/0015-broken.patch"
+grep -q NOT_IN_V2_14_1 "$broken/0015-broken.patch" || fail "could not break 0015 for the test"
+echo 0015-broken.patch >>"$broken/series"
+# (b) the last entry anchors on a function that is not there
+missing=$work/broken-anchor
+cp -R "$good" "$missing"
+mkdir -p "$tree/aten/src/ATen/mps"
+cat >"$missing/9999-missing-anchor.edits" <<'EOF'
+From: verify <verify@localhost>
+Subject: [PATCH] test: an anchor that is not in the file
 
-echo "== byte-compile the Python"
-python3 -m py_compile "$tree/torch/mps/_streams.py" "$tree/torch/mps/_threadsafe.py" "$tree/test/test_mps_threadsafe.py"
+Problem: none (test input).
+Fix: none.
+Test: apply_series.sh must refuse it and roll back.
+---
+@@@ file aten/src/ATen/mps/MPSStream.h
+@@@ body-start void no_such_function() { || sym=__Zfake
+  int x = 0;
+EOF
+echo 9999-missing-anchor.edits >>"$missing/series"
+for bad in "$broken" "$missing"; do
+  if "$repo/tools/apply_series.sh" "$bad" "$tree" >"$work/out" 2>&1; then
+    cat "$work/out"
+    fail "apply_series.sh accepted $(tail -n1 "$bad/series")"
+  fi
+  state >"$work/after"
+  diff "$work/before" "$work/after" >/dev/null ||
+    fail "the tree changed after a failed apply ($(tail -n1 "$bad/series")):
+$(diff "$work/before" "$work/after" | head -20)"
+  case $bad in
+    "$broken") grep -q 'record_stream_cuda' "$work/out" || fail "the failing hunk was not printed:
+$(cat "$work/out")" ;;
+    "$missing") grep -q 'no_such_function' "$work/out" || fail "the failing anchor was not printed:
+$(cat "$work/out")" ;;
+  esac
+  echo "   $(tail -n1 "$bad/series"): refused, tree unchanged ($(grep -c . "$bad/series") entries, the last failing)"
+done
+"$repo/tools/apply_series.sh" "$good" "$tree" >"$work/out" 2>&1 || fail "the good series failed: $(cat "$work/out")"
+[ "$(git -C "$tree" rev-list --count HEAD)" = 3 ] || fail "apply_series.sh did not make one commit per entry"
+[ -z "$(git -C "$tree" status --porcelain --untracked-files=no)" ] || fail "apply_series.sh left uncommitted changes"
+echo "   good series: one commit per entry, nothing left over"
+
+echo "== 2. tools/anchored_edit.py on a fixture"
+fx=$work/fixture
+mkdir -p "$fx"
+cat >"$fx/f.mm" <<'EOF'
+namespace at::mps {
+
+void one() {
+  auto stream = getDefaultMPSStream();
+  dispatch_sync(stream->queue(), ^() {
+    @autoreleasepool {
+      work(stream);
+    }
+  });
+}
+
+std::pair<int, int> Lib::two(
+    int a,
+    int b) {
+  return {a, b};
+}
+
+class Inner {
+  id<MTLLibrary> getLibrary() override {
+    return lib;
+  }
+};
+
+} // namespace at::mps
+EOF
+edits_head='From: verify <verify@localhost>
+Subject: [PATCH] fixture
+Problem: a.
+Fix: b.
+Test: c.
+---
+@@@ file f.mm'
+cat >"$fx/ok.edits" <<EOF
+$edits_head
+@@@ prepend
+#include <added.h>
+@@@ replace void one() { || getDefaultMPSStream() || getCurrentMPSStream() || count=1 || sym=s1
+@@@ replace void one() { || dispatch_sync( || dispatch_sync_with_rethrow( || count=1 || sym=s1
+@@@ after void one() { || @autoreleasepool { || count=1 || sym=s1
+  fetched();
+@@@ body-start std::pair<int, int> Lib::two( || sym=s2
+  lock();
+@@@ body-start id<MTLLibrary> getLibrary() override { || sym=s3
+    lock();
+@@@ wrap void one() { || sym=s1
+  run([&] {
+@BODY@
+  });
+EOF
+python3 "$repo/tools/anchored_edit.py" apply "$fx/ok.edits" "$fx" >/dev/null || fail "the fixture edits were refused"
+cat >"$fx/expected.mm" <<'EOF'
+#include <added.h>
+namespace at::mps {
+
+void one() {
+  run([&] {
+  auto stream = getCurrentMPSStream();
+  dispatch_sync_with_rethrow(stream->queue(), ^() {
+    @autoreleasepool {
+      fetched();
+      work(stream);
+    }
+  });
+  });
+}
+
+std::pair<int, int> Lib::two(
+    int a,
+    int b) {
+  lock();
+  return {a, b};
+}
+
+class Inner {
+  id<MTLLibrary> getLibrary() override {
+    lock();
+    return lib;
+  }
+};
+
+} // namespace at::mps
+EOF
+diff "$fx/expected.mm" "$fx/f.mm" || fail "anchored_edit.py produced something else (diff above)"
+echo "   ops: prepend, replace (token, count), after (indent), body-start (multi-line signature, in a class), wrap"
+cp "$fx/f.mm" "$fx/applied.mm"
+refuse() { # name, op lines
+  printf '%s\n%s\n' "$edits_head" "$2" >"$fx/$1.edits"
+  if python3 "$repo/tools/anchored_edit.py" apply "$fx/$1.edits" "$fx" >"$fx/out" 2>&1; then
+    fail "anchored_edit.py accepted $1"
+  fi
+  cmp -s "$fx/f.mm" "$fx/applied.mm" || fail "anchored_edit.py wrote to the file although it refused $1"
+  grep -q REFUSED "$fx/out" || fail "no refusal message for $1"
+  echo "   refused: $1"
+}
+refuse count-differs '@@@ replace void one() { || work( || other( || count=2 || sym=s1'
+refuse missing-function '@@@ body-start void three() { || sym=s4
+  x();'
+printf 'void one() {\n}\n' >>"$fx/f.mm"
+cp "$fx/f.mm" "$fx/applied.mm"
+refuse function-twice '@@@ body-start void one() { || sym=s1
+  x();'
+
+echo "== 3. binary audit (patches/audit.tsv)"
+python3 "$repo/tools/binary_audit.py" --upstream "$upstream"
 echo "verify_series_linux: ok"
