@@ -1,6 +1,7 @@
 #include "encode.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include <dlfcn.h>
 
@@ -56,7 +57,14 @@ void encodeKernel(const std::vector<ts::BufferUse>& uses, std::function<void()> 
                   const SharedKernel* shared, ts::SyncType sync) {
   ts::Runtime& rt = runtime();
   ts::Stream& stream = rt.currentStream();
-  auto onQueueThread = [body = std::move(kernel)] {
+  // Note [The caller's thread-local state]
+  // The kernel runs ATen ops on the sim GPU thread, after the caller has moved on. They must
+  // see the dispatch state of the caller at encode time: inference_mode (host aliases of
+  // inference tensors may only be written inside it), no_grad, autocast, excluded dispatch
+  // keys, saved-tensor hooks, the profiler's record functions. ATen's own carrier for this is
+  // at::ThreadLocalState, which at::launch and the autograd engine's workers use the same way.
+  auto onQueueThread = [body = std::move(kernel), state = at::ThreadLocalState()] {
+    at::ThreadLocalStateGuard callerState(state);
     oneCorePerQueue();
     body();
   };
