@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "domains.h"
+#include "guard.h"
 #include "runtime_access.h"
 
 namespace mps_sim {
@@ -50,13 +51,14 @@ void oneCorePerQueue() {
 } // namespace
 
 ts::Stream& currentStream() {
+  checkThreadStream();
   return runtime().currentStream();
 }
 
 void encodeKernel(const std::vector<ts::BufferUse>& uses, std::function<void()> kernel,
                   const SharedKernel* shared, ts::SyncType sync) {
   ts::Runtime& rt = runtime();
-  ts::Stream& stream = rt.currentStream();
+  ts::Stream& stream = currentStream();
   // Note [The caller's thread-local state]
   // The kernel runs ATen ops on the sim GPU thread, after the caller has moved on. They must
   // see the dispatch state of the caller at encode time: inference_mode (host aliases of

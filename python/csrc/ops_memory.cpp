@@ -21,14 +21,23 @@ namespace {
 using Access = ts::BufferUse::Access;
 const c10::DispatchKeySet kSimKeys(c10::DispatchKey::PrivateUse1);
 
+// The sim has one device: mps_sim:1 and beyond are refused, never silently mapped to
+// mps_sim:0 (tensor.to("mps_sim:1") reaches the factories with the index it was given).
+void checkAllocationDevice(const std::optional<at::Device>& where) {
+  if (!where) {
+    return;
+  }
+  TORCH_CHECK(where->type() == c10::DeviceType::PrivateUse1, "mps_sim: cannot allocate on ", *where);
+  TORCH_CHECK_INDEX(!where->has_index() || where->index() == 0, "mps_sim: device index ",
+                    int(where->index()), " is out of range: the sim has one device (mps_sim:0), "
+                    "torch.mps_sim.device_count() == 1");
+}
+
 at::Tensor empty(c10::IntArrayRef size, std::optional<at::ScalarType> dtype,
                  std::optional<at::Layout> layout, std::optional<at::Device> where,
                  std::optional<bool>, std::optional<at::MemoryFormat> format) {
   TORCH_CHECK(!layout || *layout == at::kStrided, "mps_sim: only strided tensors are supported");
-  if (where) {
-    TORCH_CHECK(where->type() == c10::DeviceType::PrivateUse1 && (!where->has_index() || where->index() == 0),
-                "mps_sim: cannot allocate on ", *where);
-  }
+  checkAllocationDevice(where);
   return at::detail::empty_generic(size, allocator(), kSimKeys, c10::dtype_or_default(dtype),
                                    format);
 }
@@ -38,7 +47,7 @@ at::Tensor emptyStrided(c10::IntArrayRef size, c10::IntArrayRef stride,
                         std::optional<at::Device> where, std::optional<bool> pin) {
   (void)pin;
   TORCH_CHECK(!layout || *layout == at::kStrided, "mps_sim: only strided tensors are supported");
-  (void)where;
+  checkAllocationDevice(where);
   return at::detail::empty_strided_generic(size, stride, allocator(), kSimKeys,
                                            c10::dtype_or_default(dtype));
 }
