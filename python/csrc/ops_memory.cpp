@@ -28,9 +28,9 @@ void checkAllocationDevice(const std::optional<at::Device>& where) {
     return;
   }
   TORCH_CHECK(where->type() == c10::DeviceType::PrivateUse1, "mps_sim: cannot allocate on ", *where);
-  TORCH_CHECK_INDEX(!where->has_index() || where->index() == 0, "mps_sim: device index ",
-                    int(where->index()), " is out of range: the sim has one device (mps_sim:0), "
-                    "torch.mps_sim.device_count() == 1");
+  TORCH_CHECK(!where->has_index() || where->index() == 0, "mps_sim: device index ",
+              int(where->index()), " is out of range: the sim has one device (mps_sim:0), "
+              "torch.mps_sim.device_count() == 1");
 }
 
 at::Tensor empty(c10::IntArrayRef size, std::optional<at::ScalarType> dtype,
