@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DEVICE
+from conftest import DEVICE, sim_stats
 from test_threads import run_in_threads
 
 
@@ -66,6 +66,7 @@ def test_per_thread_models_backward_from_8_threads():
         got[i] = grads(models[i])
 
     assert run_in_threads(8, work) == []
+    assert sim_stats()["max_active_streams"] > 1  # the forwards ran on streams at once
     for g_sim, g_cpu in zip(got, expected):
         for a, b in zip(g_sim, g_cpu):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
