@@ -6,7 +6,7 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 
-#include <limits>
+#include <optional>
 #include <vector>
 
 #include "guard.h"
@@ -51,14 +51,13 @@ c10::Stream toC10(const ts::Stream& s) {
 // the user believes otherwise. Instead the thread is marked as being on the invalid stream:
 // every op it encodes raises (checkThreadStream) until a valid stream replaces it or the
 // block's exit restores the previous one.
-constexpr int64_t kNoInvalidStream = -1;
 struct SavedStream {
   int64_t id; // what exchangeStream returned (may be an invalid id)
   ts::Stream* explicitBefore;
-  int64_t invalidBefore;
+  std::optional<int64_t> invalidBefore;
 };
 thread_local std::vector<SavedStream> tlsSaved;
-thread_local int64_t tlsInvalidStream = kNoInvalidStream;
+thread_local std::optional<int64_t> tlsInvalidStream; // the invalid id made current, if any
 
 bool isValidStreamId(int64_t id) {
   return id >= 0 && id <= runtime().poolSize();
@@ -133,9 +132,9 @@ class SimGuardImpl final : public c10::impl::DeviceGuardImplInterface {
   c10::Stream exchange(c10::Stream s) const {
     ts::Runtime& rt = runtime();
     ts::Stream* explicitBefore = rt.explicitStream();
-    const int64_t previous = tlsInvalidStream != kNoInvalidStream ? tlsInvalidStream
-                             : explicitBefore != nullptr          ? explicitBefore->id()
-                                                                  : rt.currentStream().id();
+    const int64_t previous = tlsInvalidStream       ? *tlsInvalidStream
+                             : explicitBefore != nullptr ? explicitBefore->id()
+                                                         : rt.currentStream().id();
     if (!tlsSaved.empty() && tlsSaved.back().id == s.id()) {
       // Restoring what the matching exchange replaced.
       const SavedStream saved = tlsSaved.back();
@@ -146,9 +145,9 @@ class SimGuardImpl final : public c10::impl::DeviceGuardImplInterface {
       tlsSaved.push_back({previous, explicitBefore, tlsInvalidStream});
       if (s.device_type() == kType && isValidStreamId(s.id())) {
         rt.setCurrentStream(&rt.stream(static_cast<int>(s.id())));
-        tlsInvalidStream = kNoInvalidStream;
+        tlsInvalidStream.reset();
       } else {
-        tlsInvalidStream = s.device_type() == kType ? s.id() : std::numeric_limits<int64_t>::max();
+        tlsInvalidStream = s.id();
       }
     }
     return c10::Stream(c10::Stream::UNSAFE, device(), previous);
@@ -203,8 +202,8 @@ class SimGuardImpl final : public c10::impl::DeviceGuardImplInterface {
 } // namespace
 
 void checkThreadStream() {
-  if (C10_UNLIKELY(tlsInvalidStream != kNoInvalidStream)) {
-    TORCH_CHECK_VALUE(false, "mps_sim: this thread's current stream (id ", tlsInvalidStream,
+  if (C10_UNLIKELY(tlsInvalidStream.has_value())) {
+    TORCH_CHECK_VALUE(false, "mps_sim: this thread's current stream (id ", *tlsInvalidStream,
                       ") is not one of this device's streams (0..", runtime().poolSize(),
                       "); it was set by a stream context or torch.accelerator.set_stream. Use "
                       "torch.mps_sim.Stream() or a stream_id in that range.");

@@ -31,26 +31,27 @@ def test_new_stream_is_not_the_threads_current_stream():
     assert all(1 <= i <= torch.mps_sim._C.pool_size() for i in result["fresh"])
 
 
-def test_stream_made_with_an_invalid_id_is_refused():
+@pytest.mark.parametrize("bad_id", [999, 33, -1])
+def test_stream_made_with_an_invalid_id_is_refused(bad_id):
     with pytest.raises(ValueError, match="streams 0..32"):
-        torch.mps_sim.Stream(stream_id=999)
+        torch.mps_sim.Stream(stream_id=bad_id)
     # torch.Stream builds any id without asking the backend, and its __enter__ cannot raise
     # (the guard's exchangeStream is noexcept): the thread is marked, and every op raises until
     # the block ends. Before the fix the id was swallowed and the ops ran on stream 0.
     privateuse1 = 20  # c10::DeviceType::PrivateUse1
-    bad = torch.Stream(stream_id=999, device_index=0, device_type=privateuse1)
+    bad = torch.Stream(stream_id=bad_id, device_index=0, device_type=privateuse1)
     x = torch.ones(4, device=DEVICE)
     with bad:
-        with pytest.raises(ValueError, match="stream \\(id 999\\) is not one of this device's"):
+        with pytest.raises(ValueError, match=f"stream \\(id {bad_id}\\) is not one of this device's"):
             x + 1
-        with pytest.raises(ValueError, match="id 999"):
+        with pytest.raises(ValueError, match=f"id {bad_id}"):
             torch.ones(2).to(DEVICE)
     assert (x + 1).cpu().eq(2).all()  # the block's exit restored the previous stream
     assert torch.mps_sim._C.explicit_stream_id() == -1
     # torch.accelerator.set_stream: refused until a valid stream is set.
     if hasattr(torch, "accelerator") and hasattr(torch.accelerator, "set_stream"):
         torch.accelerator.set_stream(bad)
-        with pytest.raises(ValueError, match="id 999"):
+        with pytest.raises(ValueError, match=f"id {bad_id}"):
             x * 2
         torch.accelerator.set_stream(torch.mps_sim.default_stream())
         assert (x * 2).cpu().eq(2).all()
