@@ -1,6 +1,7 @@
 #include "encode.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include <dlfcn.h>
 
@@ -8,6 +9,7 @@
 #include <unordered_map>
 
 #include "domains.h"
+#include "guard.h"
 #include "runtime_access.h"
 
 namespace mps_sim {
@@ -49,14 +51,22 @@ void oneCorePerQueue() {
 } // namespace
 
 ts::Stream& currentStream() {
+  checkThreadStream();
   return runtime().currentStream();
 }
 
 void encodeKernel(const std::vector<ts::BufferUse>& uses, std::function<void()> kernel,
                   const SharedKernel* shared, ts::SyncType sync) {
   ts::Runtime& rt = runtime();
-  ts::Stream& stream = rt.currentStream();
-  auto onQueueThread = [body = std::move(kernel)] {
+  ts::Stream& stream = currentStream();
+  // Note [The caller's thread-local state]
+  // The kernel runs ATen ops on the sim GPU thread, after the caller has moved on. They must
+  // see the dispatch state of the caller at encode time: inference_mode (host aliases of
+  // inference tensors may only be written inside it), no_grad, autocast, excluded dispatch
+  // keys, saved-tensor hooks, the profiler's record functions. ATen's own carrier for this is
+  // at::ThreadLocalState, which at::launch and the autograd engine's workers use the same way.
+  auto onQueueThread = [body = std::move(kernel), state = at::ThreadLocalState()] {
+    at::ThreadLocalStateGuard callerState(state);
     oneCorePerQueue();
     body();
   };

@@ -6,8 +6,10 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
 #include <vector>
 
+#include "guard.h"
 #include "events.h"
 #include "runtime_access.h"
 
@@ -39,13 +41,49 @@ c10::Stream toC10(const ts::Stream& s) {
 // A stream guard saves the current stream and restores it on exit. When the thread had no
 // explicit stream (the thread policy chose it), restoring must give the choice back to the
 // policy, not pin the policy's stream: otherwise set_threadsafe(False) after a `with stream()`
-// block would leave the thread on a pool stream. Each exchange therefore remembers whether
-// the stream it replaced was explicit.
+// block would leave the thread on a pool stream. Each exchange therefore remembers the
+// explicit stream it replaced (nullptr: the policy's choice).
+//
+// Note [Invalid streams in a guard]
+// exchangeStream is noexcept by interface, and torch.Stream.__enter__ / torch.accelerator.
+// set_stream reach it with whatever id the user built (torch.Stream(stream_id=999, ...)) without
+// asking the backend first. Swallowing the error would leave the thread on its old stream while
+// the user believes otherwise. Instead the thread is marked as being on the invalid stream:
+// every op it encodes raises (checkThreadStream) until a valid stream replaces it or the
+// block's exit restores the previous one.
 struct SavedStream {
-  int id;
-  bool wasExplicit;
+  int64_t id; // what exchangeStream returned (may be an invalid id)
+  ts::Stream* explicitBefore;
+  std::optional<int64_t> invalidBefore;
 };
 thread_local std::vector<SavedStream> tlsSaved;
+thread_local std::optional<int64_t> tlsInvalidStream; // the invalid id made current, if any
+
+bool isValidStreamId(int64_t id) {
+  return id >= 0 && id <= runtime().poolSize();
+}
+
+// A pool stream for a new torch.mps_sim.Stream() / torch.Stream(device=...): like
+// torch.cuda.Stream(), never the calling thread's current stream (which the thread policy may
+// have taken from the pool), and preferably one no thread is bound to.
+c10::Stream newPoolStream() {
+  ts::Runtime& rt = runtime();
+  const ts::Stream* current = &rt.currentStream();
+  ts::Stream* fallback = nullptr;
+  for (int attempt = 0; attempt < rt.poolSize(); ++attempt) {
+    ts::Stream& candidate = rt.streamFromPool();
+    if (&candidate == current) {
+      continue;
+    }
+    if (candidate.owners().load(std::memory_order_relaxed) == 0) {
+      return toC10(candidate);
+    }
+    if (fallback == nullptr) {
+      fallback = &candidate;
+    }
+  }
+  return toC10(fallback != nullptr ? *fallback : rt.streamFromPool());
+}
 
 class SimGuardImpl final : public c10::impl::DeviceGuardImplInterface {
  public:
@@ -76,29 +114,41 @@ class SimGuardImpl final : public c10::impl::DeviceGuardImplInterface {
   }
   c10::Stream getStreamFromGlobalPool(c10::Device d, bool) const override {
     checkDevice(d);
-    return toC10(runtime().streamFromPool());
+    return newPoolStream();
   }
   c10::Stream getNewStream(c10::Device d, int) const override {
     checkDevice(d);
-    return toC10(runtime().streamFromPool());
+    return newPoolStream();
   }
   c10::Stream exchangeStream(c10::Stream s) const noexcept override {
-    ts::Runtime& rt = runtime();
-    ts::Stream* previousExplicit = rt.explicitStream();
-    const int previous = previousExplicit ? previousExplicit->id() : rt.currentStream().id();
     try {
-      ts::Stream& next = runtimeStream(s);
-      if (!tlsSaved.empty() && tlsSaved.back().id == next.id()) {
-        // Restoring what the matching exchange replaced.
-        const bool wasExplicit = tlsSaved.back().wasExplicit;
-        tlsSaved.pop_back();
-        rt.setCurrentStream(wasExplicit ? &next : nullptr);
-      } else {
-        tlsSaved.push_back({previous, previousExplicit != nullptr});
-        rt.setCurrentStream(&next);
-      }
+      return exchange(s);
     } catch (...) {
-      // noexcept by interface; a bad stream was already refused by the Python layer.
+      // Only the runtime's own failures land here (ids are checked above); noexcept by
+      // interface, so the thread keeps its stream.
+      return getDefaultStream(device());
+    }
+  }
+  c10::Stream exchange(c10::Stream s) const {
+    ts::Runtime& rt = runtime();
+    ts::Stream* explicitBefore = rt.explicitStream();
+    const int64_t previous = tlsInvalidStream       ? *tlsInvalidStream
+                             : explicitBefore != nullptr ? explicitBefore->id()
+                                                         : rt.currentStream().id();
+    if (!tlsSaved.empty() && tlsSaved.back().id == s.id()) {
+      // Restoring what the matching exchange replaced.
+      const SavedStream saved = tlsSaved.back();
+      tlsSaved.pop_back();
+      rt.setCurrentStream(saved.explicitBefore);
+      tlsInvalidStream = saved.invalidBefore;
+    } else {
+      tlsSaved.push_back({previous, explicitBefore, tlsInvalidStream});
+      if (s.device_type() == kType && isValidStreamId(s.id())) {
+        rt.setCurrentStream(&rt.stream(static_cast<int>(s.id())));
+        tlsInvalidStream.reset();
+      } else {
+        tlsInvalidStream = s.id();
+      }
     }
     return c10::Stream(c10::Stream::UNSAFE, device(), previous);
   }
@@ -150,6 +200,15 @@ class SimGuardImpl final : public c10::impl::DeviceGuardImplInterface {
 };
 
 } // namespace
+
+void checkThreadStream() {
+  if (C10_UNLIKELY(tlsInvalidStream.has_value())) {
+    TORCH_CHECK_VALUE(false, "mps_sim: this thread's current stream (id ", *tlsInvalidStream,
+                      ") is not one of this device's streams (0..", runtime().poolSize(),
+                      "); it was set by a stream context or torch.accelerator.set_stream. Use "
+                      "torch.mps_sim.Stream() or a stream_id in that range.");
+  }
+}
 
 C10_REGISTER_GUARD_IMPL(PrivateUse1, SimGuardImpl);
 

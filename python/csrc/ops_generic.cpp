@@ -215,6 +215,7 @@ Args mapArguments(const c10::OperatorHandle& op, const torch::jit::Stack& stack,
 struct OutputShape {
   std::vector<int64_t> sizes, strides;
   at::ScalarType dtype;
+  bool defined = true; // backward kernels return undefined tensors for masked-off outputs
 };
 struct ShapeResult {
   std::vector<OutputShape> outputs; // functional ops
@@ -317,8 +318,12 @@ void genericKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::ji
       }
     } else {
       for (const c10::IValue& result : metaStack) {
-        TORCH_CHECK(result.isTensor(), "mps_sim: ", schema.operator_name(),
+        TORCH_CHECK(result.isTensor() || result.isNone(), "mps_sim: ", schema.operator_name(),
                     " returns a non-tensor value, which the generic kernel cannot produce");
+        if (result.isNone() || !result.toTensor().defined()) {
+          computed->outputs.push_back({{}, {}, at::kFloat, false});
+          continue;
+        }
         const at::Tensor& shaped = result.toTensor();
         computed->outputs.push_back(
             {shaped.sizes().vec(), shaped.strides().vec(), shaped.scalar_type()});
@@ -345,6 +350,11 @@ void genericKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::ji
     }
   } else {
     for (const auto& shaped : shapes->outputs) {
+      if (!shaped.defined) {
+        outputAliases.emplace_back();
+        outputs.emplace_back();
+        continue;
+      }
       at::Tensor output = at::empty_strided(
           shaped.sizes, shaped.strides, at::TensorOptions().dtype(shaped.dtype).device(device()));
       addUse(args.uses, output, ts::BufferUse::Access::Write);
@@ -359,7 +369,7 @@ void genericKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::ji
     torch::jit::Stack hostStack = host;
     op.callBoxed(hostStack);
     for (size_t i = 0; i < outputAliases.size(); ++i) {
-      if (outputAliases[i].numel() > 0) {
+      if (outputAliases[i].defined() && outputAliases[i].numel() > 0) {
         outputAliases[i].copy_(hostStack[i].toTensor());
       }
     }
@@ -385,6 +395,53 @@ void genericKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::ji
       stack->emplace_back(std::move(output));
     }
   }
+}
+
+// Note [Data-dependent results]
+// masked_select, unique and equal produce results whose size (or value) depends on the data,
+// which no meta kernel can give. As nonzero does (and MPS and CUDA do), they compute on the
+// GPU timeline and the caller waits for the result (COMMIT_AND_WAIT); tensor results are then
+// uploaded to mps_sim on the current stream, other results (equal's bool) returned as they are.
+// Argument errors come from the CPU kernel and reach the caller through the wait.
+void dataDependentKernel(const c10::OperatorHandle& op, c10::DispatchKeySet,
+                         torch::jit::Stack* stack) {
+  const size_t nargs = op.schema().arguments().size();
+  const size_t first = stack->size() - nargs;
+  Args args = mapArguments(op, *stack, first);
+  auto results = std::make_shared<torch::jit::Stack>();
+  encodeKernel(
+      args.uses,
+      [op, host = std::move(args.host), results] {
+        at::AutoDispatchBelowADInplaceOrView belowAutograd;
+        *results = host;
+        op.callBoxed(*results);
+      },
+      nullptr, ts::SyncType::COMMIT_AND_WAIT);
+  torch::jit::drop(*stack, nargs);
+  for (const c10::IValue& result : *results) {
+    if (!result.isTensor()) {
+      stack->push_back(result);
+      continue;
+    }
+    const at::Tensor computed = result.toTensor().contiguous();
+    at::Tensor uploaded =
+        at::empty(computed.sizes(), at::TensorOptions().dtype(computed.scalar_type()).device(device()));
+    if (uploaded.numel() > 0) {
+      uploaded.copy_(computed, /*non_blocking=*/true); // the host side is snapshotted first
+    }
+    stack->emplace_back(std::move(uploaded));
+  }
+}
+
+// Ops mps_sim refuses with the project's message rather than torch's generic one (the
+// PrivateUse1 convolution entry points would otherwise report "convolution_overrideable not
+// implemented", which names no op the user called).
+void unsupportedConvolution(const c10::OperatorHandle&, c10::DispatchKeySet, torch::jit::Stack*) {
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      false, "The operator 'aten::convolution' (nn.Conv1d/2d/3d, F.conv*) is not implemented for "
+      "the mps_sim device. mps_sim runs every op through the thread-safe runtime and has no "
+      "silent CPU fallback; move the tensors to the CPU (tensor.cpu()) for this op, or add it to "
+      "python/csrc/ops_generic.cpp.");
 }
 
 void unsupportedOp(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack*) {
@@ -420,8 +477,25 @@ constexpr const char* kGenericOps[] = {
     // data movement that computes (views are in ops_memory.cpp)
     "cat", "index_select", "gather", "index.Tensor", "index_put_", "index_put", "tril", "triu", "flip", "roll",
     // factories and fills
-    "fill_.Scalar", "fill_.Tensor", "zero_", "normal_", "uniform_", "random_", "bernoulli_.float",
-    "arange.start_out", "linspace.out",
+    "fill_.Scalar", "fill_.Tensor", "zero_", "normal_", "uniform_", "random_", "random_.from",
+    "random_.to", "bernoulli_.float", "arange.start_out", "linspace.out",
+    // more elementwise and reductions (printing, numerics)
+    "bitwise_and.Tensor_out", "bitwise_or.Tensor_out", "bitwise_and_.Tensor", "bitwise_or_.Tensor",
+    "logical_and_", "logical_or_", "ceil", "floor", "round", "trunc", "nan_to_num", "nan_to_num_",
+    "nan_to_num.out", "sort.stable", "scatter_add", "scatter_add_", "scatter.src", "scatter_.src",
+    "scatter.value", "scatter_.value", "exp2", "log2", "log1p", "expm1",
+    // losses
+    "nll_loss_forward", "nll_loss_backward", "mse_loss", "mse_loss_backward",
+    // backward kernels of the ops above (autograd runs them on the device's worker thread)
+    "threshold_backward", "gelu_backward", "silu_backward", "sigmoid_backward", "tanh_backward",
+    "native_layer_norm_backward", "_softmax_backward_data", "_log_softmax_backward_data",
+    "embedding_dense_backward", "leaky_relu_backward", "hardtanh_backward",
+};
+
+// Ops served by dataDependentKernel (Note [Data-dependent results]).
+constexpr const char* kDataDependentOps[] = {
+    "masked_select", "equal", "_unique", "_unique2", "unique_dim", "unique_consecutive",
+    "unique_dim_consecutive",
 };
 
 std::vector<std::string>& registered() {
@@ -443,17 +517,28 @@ TORCH_LIBRARY_IMPL(_, PrivateUse1, m) {
   m.fallback(torch::CppFunction::makeFromBoxedFunction<&unsupportedOp>());
 }
 
+bool hasSchema(const std::string& name) {
+  const auto dot = name.find('.');
+  const std::string base = name.substr(0, dot);
+  const std::string overload = dot == std::string::npos ? "" : name.substr(dot + 1);
+  return c10::Dispatcher::singleton().findSchema({"aten::" + base, overload}).has_value();
+}
+
 TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
-  for (const char* qualified : kGenericOps) {
-    std::string name(qualified);
-    const auto dot = name.find('.');
-    const std::string base = name.substr(0, dot);
-    const std::string overload = dot == std::string::npos ? "" : name.substr(dot + 1);
-    if (!c10::Dispatcher::singleton().findSchema({"aten::" + base, overload}).has_value()) {
-      continue;
+  for (const char* name : kGenericOps) {
+    if (hasSchema(name)) {
+      m.impl(name, torch::CppFunction::makeFromBoxedFunction<&genericKernel>());
+      registered().push_back(std::string("aten::") + name);
     }
-    m.impl(name.c_str(), torch::CppFunction::makeFromBoxedFunction<&genericKernel>());
-    registered().push_back("aten::" + name);
+  }
+  for (const char* name : kDataDependentOps) {
+    if (hasSchema(name)) {
+      m.impl(name, torch::CppFunction::makeFromBoxedFunction<&dataDependentKernel>());
+      registered().push_back(std::string("aten::") + name);
+    }
+  }
+  for (const char* name : {"convolution_overrideable", "convolution_backward_overrideable"}) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&unsupportedConvolution>());
   }
 }
 

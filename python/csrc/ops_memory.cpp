@@ -8,6 +8,7 @@
 #include <ATen/ops/view_native.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "allocator.h"
@@ -21,14 +22,23 @@ namespace {
 using Access = ts::BufferUse::Access;
 const c10::DispatchKeySet kSimKeys(c10::DispatchKey::PrivateUse1);
 
+// The sim has one device: mps_sim:1 and beyond are refused, never silently mapped to
+// mps_sim:0 (tensor.to("mps_sim:1") reaches the factories with the index it was given).
+void checkAllocationDevice(const std::optional<at::Device>& where) {
+  if (!where) {
+    return;
+  }
+  TORCH_CHECK(where->type() == c10::DeviceType::PrivateUse1, "mps_sim: cannot allocate on ", *where);
+  TORCH_CHECK(!where->has_index() || where->index() == 0, "mps_sim: device index ",
+              int(where->index()), " is out of range: the sim has one device (mps_sim:0), "
+              "torch.mps_sim.device_count() == 1");
+}
+
 at::Tensor empty(c10::IntArrayRef size, std::optional<at::ScalarType> dtype,
                  std::optional<at::Layout> layout, std::optional<at::Device> where,
                  std::optional<bool>, std::optional<at::MemoryFormat> format) {
   TORCH_CHECK(!layout || *layout == at::kStrided, "mps_sim: only strided tensors are supported");
-  if (where) {
-    TORCH_CHECK(where->type() == c10::DeviceType::PrivateUse1 && (!where->has_index() || where->index() == 0),
-                "mps_sim: cannot allocate on ", *where);
-  }
+  checkAllocationDevice(where);
   return at::detail::empty_generic(size, allocator(), kSimKeys, c10::dtype_or_default(dtype),
                                    format);
 }
@@ -38,7 +48,7 @@ at::Tensor emptyStrided(c10::IntArrayRef size, c10::IntArrayRef stride,
                         std::optional<at::Device> where, std::optional<bool> pin) {
   (void)pin;
   TORCH_CHECK(!layout || *layout == at::kStrided, "mps_sim: only strided tensors are supported");
-  (void)where;
+  checkAllocationDevice(where);
   return at::detail::empty_strided_generic(size, stride, allocator(), kSimKeys,
                                            c10::dtype_or_default(dtype));
 }
@@ -176,6 +186,27 @@ at::Tensor& setEmpty(at::Tensor& self) {
 
 } // namespace
 
+void resizeSimStorage(const c10::Storage& storage, size_t newBytes) {
+  TORCH_CHECK(storage.device_type() == c10::DeviceType::PrivateUse1,
+              "mps_sim: resizing a storage on ", storage.device());
+  TORCH_CHECK(storage.resizable(), "mps_sim: trying to resize a storage that is not resizable");
+  c10::DataPtr fresh = allocator()->allocate(newBytes);
+  const size_t keptBytes = std::min(storage.nbytes(), newBytes);
+  if (keptBytes > 0) {
+    // Copy the old contents on the GPU timeline; the old block is freed through the
+    // allocator once the copy (a recorded read) has completed.
+    std::vector<ts::BufferUse> uses{{storage.data_ptr().get(), Access::Read},
+                                    {fresh.get(), Access::Write}};
+    encodeKernel(uses, [from = storage.data_ptr().get(), to = fresh.get(), keptBytes] {
+      std::memcpy(to, from, keptBytes);
+    });
+  }
+  // Storage is a handle: the const is the handle's, the storage itself is shared.
+  c10::Storage target = storage;
+  target.set_data_ptr_noswap(std::move(fresh));
+  target.set_nbytes(newBytes);
+}
+
 void resizeSim(const at::Tensor& self, c10::IntArrayRef size,
                std::optional<c10::MemoryFormat> format) {
   TORCH_CHECK(isSim(self), "mps_sim: resize_ of a tensor on ", self.device());
@@ -187,22 +218,8 @@ void resizeSim(const at::Tensor& self, c10::IntArrayRef size,
     numel *= s;
   }
   const size_t needed = (static_cast<size_t>(numel) + self.storage_offset()) * itemsize;
-  at::Storage storage = self.storage();
-  if (needed > storage.nbytes()) {
-    TORCH_CHECK(storage.resizable(), "mps_sim: trying to resize a storage that is not resizable");
-    c10::DataPtr fresh = allocator()->allocate(needed);
-    if (storage.nbytes() > 0) {
-      // Copy the old contents on the GPU timeline; the old block is freed through the
-      // allocator once the copy (a recorded read) has completed.
-      std::vector<ts::BufferUse> uses{{storage.data_ptr().get(), Access::Read},
-                                      {fresh.get(), Access::Write}};
-      const size_t oldBytes = storage.nbytes();
-      encodeKernel(uses, [from = storage.data_ptr().get(), to = fresh.get(), oldBytes] {
-        std::memcpy(to, from, oldBytes);
-      });
-    }
-    storage.set_data_ptr_noswap(std::move(fresh));
-    storage.set_nbytes(needed);
+  if (needed > self.storage().nbytes()) {
+    resizeSimStorage(self.storage(), needed);
   }
   impl->set_sizes_contiguous(size);
   if (format && *format != c10::MemoryFormat::Contiguous) {

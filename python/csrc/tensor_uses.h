@@ -30,6 +30,10 @@ inline void addUse(std::vector<ts::BufferUse>& uses, const at::Tensor& t, ts::Bu
 // touches no data, so it is made on the encoding thread and used on the GPU thread.
 at::Tensor hostAlias(const at::Tensor& t);
 
+// Gives an mps_sim storage a new block of `newBytes`, its old contents copied through a kernel
+// (resize_, UntypedStorage.resize_).
+void resizeSimStorage(const c10::Storage& storage, size_t newBytes);
+
 // Resizes an mps_sim tensor in place (resize_), copying old contents through a kernel.
 void resizeSim(const at::Tensor& self, c10::IntArrayRef size,
                std::optional<c10::MemoryFormat> format = std::nullopt);

@@ -185,12 +185,18 @@ class Stream(torch.Stream):
         event.record(self)
         return event
 
+    # Note [Stream contexts are per thread]
+    # One Stream object serves every thread for its id (_streams_by_id), so the context a
+    # `with` block opens cannot live on the object: two threads inside `with default_stream():`
+    # at once would restore each other's saved state. Each thread keeps its own stack.
     def __enter__(self):
-        self._context = stream(self)
-        return self._context.__enter__()
+        context = stream(self)
+        entered = context.__enter__()
+        _thread_stream_contexts().append(context)
+        return entered
 
     def __exit__(self, *exc):
-        return self._context.__exit__(*exc)
+        return _thread_stream_contexts().pop().__exit__(*exc)
 
     def __repr__(self):
         return f"<torch.mps_sim.Stream id={self.stream_id} device=mps_sim:0>"
@@ -209,6 +215,16 @@ class Event(torch.Event):
 
     def wait(self, stream=None):
         super().wait(current_stream() if stream is None else _check_stream(stream))
+
+
+_thread_state = threading.local()
+
+
+def _thread_stream_contexts():
+    contexts = getattr(_thread_state, "stream_contexts", None)
+    if contexts is None:
+        contexts = _thread_state.stream_contexts = []
+    return contexts
 
 
 def _check_stream(stream):

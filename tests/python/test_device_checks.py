@@ -1,0 +1,69 @@
+"""What users of torch.cuda expect of a device: Stream() is a new pool stream, invalid streams
+and device indices are refused with a clear error instead of silently using stream or device 0."""
+
+import threading
+
+import pytest
+import torch
+
+from conftest import DEVICE
+
+
+def test_new_stream_is_not_the_threads_current_stream():
+    # torch.cuda.Stream() semantics: a new stream from the pool, never the caller's own. Under
+    # the thread policy the caller's current stream is itself a pool stream (the lowest free id),
+    # which the round-robin pool used to hand out first.
+    torch.mps_sim.set_threadsafe(True)
+    result = {}
+
+    def worker():
+        torch.zeros(1, device=DEVICE).cpu()
+        mine = torch.mps_sim.current_stream().stream_id
+        fresh = [torch.mps_sim.Stream().stream_id for _ in range(40)]
+        generic = torch.Stream(device=DEVICE).stream_id
+        result.update(mine=mine, fresh=fresh, generic=generic)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(60)
+    assert result["mine"] != 0
+    assert result["mine"] not in result["fresh"] and result["generic"] != result["mine"]
+    assert all(1 <= i <= torch.mps_sim._C.pool_size() for i in result["fresh"])
+
+
+@pytest.mark.parametrize("bad_id", [999, 33, -1])
+def test_stream_made_with_an_invalid_id_is_refused(bad_id):
+    with pytest.raises(ValueError, match="streams 0..32"):
+        torch.mps_sim.Stream(stream_id=bad_id)
+    # torch.Stream builds any id without asking the backend, and its __enter__ cannot raise
+    # (the guard's exchangeStream is noexcept): the thread is marked, and every op raises until
+    # the block ends. Before the fix the id was swallowed and the ops ran on stream 0.
+    privateuse1 = 20  # c10::DeviceType::PrivateUse1
+    bad = torch.Stream(stream_id=bad_id, device_index=0, device_type=privateuse1)
+    x = torch.ones(4, device=DEVICE)
+    with bad:
+        with pytest.raises(ValueError, match=f"stream \\(id {bad_id}\\) is not one of this device's"):
+            x + 1
+        with pytest.raises(ValueError, match=f"id {bad_id}"):
+            torch.ones(2).to(DEVICE)
+    assert (x + 1).cpu().eq(2).all()  # the block's exit restored the previous stream
+    assert torch.mps_sim._C.explicit_stream_id() == -1
+    # torch.accelerator.set_stream: refused until a valid stream is set.
+    if hasattr(torch, "accelerator") and hasattr(torch.accelerator, "set_stream"):
+        torch.accelerator.set_stream(bad)
+        with pytest.raises(ValueError, match=f"id {bad_id}"):
+            x * 2
+        torch.accelerator.set_stream(torch.mps_sim.default_stream())
+        assert (x * 2).cpu().eq(2).all()
+        torch.mps_sim.set_stream(None)
+
+
+@pytest.mark.parametrize("target", ["mps_sim:1", "mps_sim:7"])
+def test_device_index_out_of_range_is_refused(target):
+    with pytest.raises(RuntimeError, match="device index .* out of range.*one device"):
+        torch.randn(2).to(target)
+    with pytest.raises(RuntimeError, match="out of range|one device"):
+        torch.empty(3, device=target)
+    with pytest.raises(RuntimeError, match="out of range|one device"):
+        torch.zeros(2, device=DEVICE).to(target)
+    assert torch.randn(2).to("mps_sim:0").device == torch.device(DEVICE, 0)
