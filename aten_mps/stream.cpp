@@ -6,8 +6,11 @@
 #include "domains.h"
 #include "errors.h"
 #include "runtime.h"
+#include "test_hooks.h"
 
 namespace at::mps::threadsafe {
+
+std::atomic<const TestHookFn*> test_hooks::gHook{nullptr};
 
 namespace {
 
@@ -137,7 +140,7 @@ CommandBuffer& Stream::commandBuffer() {
     commandBuffer_ = queue_->makeCommandBuffer();
   }
   // Callers may encode straight into the buffer (MPSGraph does), so it counts as work.
-  uncommittedWork_.store(true, std::memory_order_release);
+  markUncommittedWork();
   return *commandBuffer_;
 }
 
@@ -149,7 +152,7 @@ ComputeEncoder& Stream::commandEncoder() {
     encoder_ = commandBuffer().makeComputeEncoder();
     counters_.encodersCreated.add();
   }
-  uncommittedWork_.store(true, std::memory_order_release);
+  markUncommittedWork();
   return *encoder_;
 }
 
@@ -172,7 +175,7 @@ void Stream::endLease() noexcept {
 void Stream::noteEncodedOp() {
   requireOnQueue("noteEncodedOp()");
   counters_.opsEncoded.add();
-  uncommittedWork_.store(true, std::memory_order_release);
+  markUncommittedWork();
 }
 
 void Stream::endKernelCoalescing() {
@@ -216,10 +219,10 @@ void Stream::commitBatch(bool keepCommandBufferOpen) {
   if (!commandBuffer_) {
     return;
   }
-  if (keepCommandBufferOpen && !uncommittedWork_.load(std::memory_order_acquire)) {
+  if (keepCommandBufferOpen && !hasUncommittedWork()) {
     return;
   }
-  const uint64_t batch = openBatch_.load(std::memory_order_relaxed);
+  const uint64_t batch = openBatch();
   CommandBuffer& buffer = *commandBuffer_;
   buffer.encodeSignalEvent(*timeline_, batch);
   buffer.addCompletedHandler([this, batch](CommandBufferStatus status, const std::string& error) {
@@ -231,14 +234,14 @@ void Stream::commitBatch(bool keepCommandBufferOpen) {
     buffer.commit();
     commandBuffer_.reset();
   }
-  uncommittedWork_.store(false, std::memory_order_release);
   counters_.commandBuffersSubmitted.add();
+  testHook(TestHook::CommitBeforePublish, this);
   {
     // Notify under the lock: a woken waiter may go on to destroy the runtime, and with it
-    // this condition variable.
+    // this condition variable. One store publishes "batch submitted, next one open and
+    // empty" (Note [Batch state is one word]).
     std::lock_guard<std::mutex> lock(progressMutex_);
-    submittedBatch_.store(batch, std::memory_order_release);
-    openBatch_.store(batch + 1, std::memory_order_release);
+    batchState_.store((batch + 1) << 1, std::memory_order_release);
     progressCv_.notify_all();
   }
 }
