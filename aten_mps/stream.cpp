@@ -107,6 +107,9 @@ void Stream::dispatch(FunctionRef<void()> fn) {
       throw;
     }
     serveCloseRequests();
+    if (runtime_.choseByStalePolicy(*this) && !leaseOut()) {
+      synchronize(SyncType::COMMIT); // Note [Switching the policy]
+    }
   };
   if (!runtime_.protections().serialQueue) {
     body(); // the deliberately unsafe mode: no mutual exclusion (protections.h)
