@@ -18,6 +18,16 @@
 // dispatch(), i.e. on the stream's serial executor. The accessors below check it and raise
 // ContractError otherwise (upstream PR 198039 asserts the same in commandEncoder()). Only the
 // atomics documented as "any thread" may be read from outside.
+// "On the executor" is what counts, however the thread got there: a raw
+// dispatch_sync(torch::mps::get_dispatch_queue(), ^{...}) block is on the queue too (issue
+// 8.11). That is PyTorch's documented pattern for custom Metal kernels (docs "Custom Metal
+// kernels" / torch::mps::get_command_buffer + get_dispatch_queue), and it is as safe as
+// dispatch(): the executor is serial, so nobody else touches the stream meanwhile. What a raw
+// block does not get is what dispatch() adds around the body: C++ exceptions are not carried
+// back (GCD blocks must not throw), close requests are served only when the block has left
+// (the waiter commits from inside the queue once it is free), and ReentryError / the
+// nested-queue check rely on the executor's own reentry check. Off the executor (no dispatch,
+// no raw block) every accessor raises ContractError.
 //
 // Note [Closing a batch on request]
 // A stream that must wait for work another stream has encoded but not yet committed cannot
