@@ -302,12 +302,13 @@ std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch) {
     if (exact != failures_.end()) {
       return exact->second;
     }
-    // Stream order: a failure in (acknowledgedUpTo_, batch].
-    auto first = failures_.upper_bound(acknowledgedUpTo_);
+    // Stream order: a failure in (acknowledged, batch].
+    const uint64_t acknowledged = acknowledgedUpTo_.load(std::memory_order_relaxed);
+    auto first = failures_.upper_bound(acknowledged);
     if (first != failures_.end() && first->first <= batch) {
       return first->second;
     }
-    for (auto it = batchWaits_.upper_bound(acknowledgedUpTo_);
+    for (auto it = batchWaits_.upper_bound(acknowledged);
          it != batchWaits_.end() && it->first <= batch; ++it) {
       unresolved.emplace_back(it->first, it->second);
     }
@@ -328,7 +329,7 @@ std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch) {
     batchWaits_.erase(waiter);
     if (cause) {
       failures_.emplace(waiter, cause);
-      if (waiter > acknowledgedUpTo_) {
+      if (waiter > acknowledgedUpTo_.load(std::memory_order_relaxed)) {
         return cause;
       }
     }
@@ -344,7 +345,7 @@ void Stream::raiseIfFailed(uint64_t batch) {
 
 void Stream::acknowledge(uint64_t batch) {
   std::lock_guard<std::mutex> lock(progressMutex_);
-  acknowledgedUpTo_ = std::max(acknowledgedUpTo_, batch);
+  raiseToAtLeast(acknowledgedUpTo_, batch);
 }
 
 void Stream::waitCompleted(uint64_t batch) {
@@ -381,8 +382,20 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
   // really encoded in (serving a close request during the waits may have moved it on).
   thread_local std::vector<StreamUse> dependencies;
   dependencies.clear();
-  runtime_.bufferUses().dependOnAndRecord(*this, uses, count, openBatch(), dependencies);
+  thread_local std::vector<StreamUse> ownWrites;
+  ownWrites.clear();
+  runtime_.bufferUses().dependOnAndRecord(*this, uses, count, openBatch(), dependencies,
+                                          &ownWrites);
   testHook(TestHook::BufferUsesBeforeWaits, this);
+  // Our own earlier writes are ordered by our queue; but one from a batch whose failure was
+  // already acknowledged (told to a previous owner of this stream) no longer reaches us in
+  // stream order, so it is a batch dependency of its own (Note [GPU errors belong to batches]).
+  const uint64_t acknowledged = acknowledgedUpTo_.load(std::memory_order_acquire);
+  for (const StreamUse& write : ownWrites) {
+    if (write.batch <= acknowledged) {
+      openBatchWaits_.emplace_back(this, write.batch);
+    }
+  }
   for (const StreamUse& dependency : dependencies) {
     waitForStream(*dependency.stream, dependency.batch);
   }

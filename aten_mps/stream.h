@@ -242,7 +242,7 @@ class Stream {
   static constexpr size_t kMaxRememberedBatches = 1024;
   std::map<uint64_t, std::shared_ptr<const std::string>> failures_; // failed or poisoned
   std::map<uint64_t, std::vector<std::pair<Stream*, uint64_t>>> batchWaits_; // unresolved
-  uint64_t acknowledgedUpTo_ = 0;
+  std::atomic<uint64_t> acknowledgedUpTo_{0}; // written under progressMutex_
   StreamCounters counters_;
 };
 
