@@ -263,7 +263,7 @@ void Stream::commitAndWait() {
   const uint64_t batch = submittedBatch();
   waitCompleted(batch);
   // The caller is this stream's owner, inside its queue: once told, later batches are clean.
-  auto failure = failureOf(batch);
+  auto failure = failureOf(batch, /*includeAcknowledged=*/false);
   if (failure) {
     acknowledge(batch);
     throw CommandBufferError(*failure);
@@ -290,7 +290,7 @@ void Stream::onBatchCompleted(uint64_t batch, CommandBufferStatus status, const 
   }
 }
 
-std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch) {
+std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch, bool includeAcknowledged) {
   if (batch == 0) {
     return nullptr;
   }
@@ -298,12 +298,12 @@ std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch) {
   std::vector<std::pair<uint64_t, std::vector<std::pair<Stream*, uint64_t>>>> unresolved;
   {
     std::lock_guard<std::mutex> lock(progressMutex_);
+    const uint64_t acknowledged = acknowledgedUpTo_.load(std::memory_order_relaxed);
     auto exact = failures_.find(batch);
-    if (exact != failures_.end()) {
+    if (exact != failures_.end() && (includeAcknowledged || batch > acknowledged)) {
       return exact->second;
     }
     // Stream order: a failure in (acknowledged, batch].
-    const uint64_t acknowledged = acknowledgedUpTo_.load(std::memory_order_relaxed);
     auto first = failures_.upper_bound(acknowledged);
     if (first != failures_.end() && first->first <= batch) {
       return first->second;
@@ -337,8 +337,8 @@ std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch) {
   return nullptr;
 }
 
-void Stream::raiseIfFailed(uint64_t batch) {
-  if (auto failure = failureOf(batch)) {
+void Stream::raiseIfFailed(uint64_t batch, bool includeAcknowledged) {
+  if (auto failure = failureOf(batch, includeAcknowledged)) {
     throw CommandBufferError(*failure);
   }
 }
@@ -362,7 +362,7 @@ void Stream::waitCompleted(uint64_t batch) {
 }
 
 void Stream::rethrowGpuError() {
-  raiseIfFailed(submittedBatch());
+  raiseIfFailed(submittedBatch(), /*includeAcknowledged=*/false);
 }
 
 void Stream::addCompletedHandler(CompletionHandler handler) {

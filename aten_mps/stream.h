@@ -57,7 +57,9 @@
 //   resolved lazily, by whoever asks (failureOf), since the failed batch's completion handler
 //   may run after the dependent's;
 // - a wait on an already failed batch (waitForStream) raises at once;
-// - Event::synchronize and device synchronize raise the failure of what they waited for.
+// - Event::synchronize raises the failure of the batch it recorded; device synchronize and a
+//   stream's synchronize raise the failures not yet told to the owner (includeAcknowledged
+//   false), so a failure does not stay sticky for everyone once its owner was told or left.
 // A thread whose work depends on no failed batch never receives the error. Failures are kept
 // for the last kMaxRememberedBatches failed batches of a stream, and batch dependencies for
 // as many batches: an error older than that is no longer delivered (counted in gpuErrors).
@@ -166,13 +168,16 @@ class Stream {
   void closeUpTo(uint64_t batch);
   // Note [GPU errors belong to batches]. The failure carried by batch `batch` (completed:
   // waits for its completion handler first), or nullptr. Any thread, no queue held.
-  std::shared_ptr<const std::string> failureOf(uint64_t batch);
+  // With includeAcknowledged false, a failure already told to the owner (acknowledge) is not
+  // returned for its own batch either: what a synchronize covering "everything up to now"
+  // raises, as opposed to a dependent of exactly that batch (a reader, a wait, an event).
+  std::shared_ptr<const std::string> failureOf(uint64_t batch, bool includeAcknowledged = true);
   // Raises CommandBufferError if batch `batch` carries a failure.
-  void raiseIfFailed(uint64_t batch);
+  void raiseIfFailed(uint64_t batch, bool includeAcknowledged = true);
   // The owner has been told about failures up to `batch`: later batches no longer carry
   // them in stream order (batches that failed or were poisoned keep theirs).
   void acknowledge(uint64_t batch);
-  // raiseIfFailed(submittedBatch()): what a synchronize of everything submitted raises.
+  // raiseIfFailed(submittedBatch(), false): what a synchronize of everything submitted raises.
   void rethrowGpuError();
   // Policy hook: with it set, COMMIT_ADAPTIVE commits when it returns true.
   StreamCounters& counters() {
