@@ -51,8 +51,7 @@ void Event::synchronize() const {
   if (stream == nullptr) {
     return;
   }
-  stream->waitCompleted(batch);
-  stream->rethrowGpuError();
+  stream->raiseIfFailed(batch); // waits for it (Note [GPU errors belong to batches])
 }
 
 bool Event::isRecorded() const {
@@ -72,9 +71,7 @@ void waitStream(Stream& waiter, Stream& producer) {
   runOnQueue(waiter, [&] {
     // Work the producer has encoded but not committed counts too (as in CUDA, where every
     // launched kernel is enqueued); waitForStream gets that batch closed first.
-    const uint64_t batch =
-        producer.hasUncommittedWork() ? producer.openBatch() : producer.submittedBatch();
-    waiter.waitForStream(producer, batch);
+    waiter.waitForStream(producer, producer.batchOfLatestWork());
   });
 }
 

@@ -5,6 +5,7 @@
 
 #include "errors.h"
 #include "events.h"
+#include "test_hooks.h"
 
 namespace at::mps::threadsafe {
 
@@ -19,6 +20,10 @@ struct ThreadBinding {
   std::shared_ptr<Runtime::Life> life;
   Stream* explicitStream = nullptr;
   Stream* bound = nullptr;
+  // The stream the thread policy last chose for this thread, and the policy epoch it read
+  // (Note [Switching the policy]).
+  Stream* policyStream = nullptr;
+  uint64_t policyEpoch = 0;
 };
 
 // Gives the bound streams back when the thread exits.
@@ -30,6 +35,7 @@ struct ThreadBindings {
       if (binding.bound == nullptr) {
         continue;
       }
+      testHook(TestHook::ThreadUnbind, binding.bound);
       std::lock_guard<std::mutex> lock(binding.life->mutex);
       if (binding.life->runtime != nullptr) {
         binding.life->runtime->unbind(*binding.bound);
@@ -52,7 +58,7 @@ struct ThreadBindings {
                                 return lock.owns_lock() && binding.life->runtime == nullptr;
                               }),
                list.end());
-    list.push_back({serial, life, nullptr, nullptr});
+    list.push_back({serial, life, nullptr, nullptr, nullptr, 0});
     return list.back();
   }
 };
@@ -159,10 +165,17 @@ Stream& Runtime::currentStream() {
   if (binding.explicitStream != nullptr) {
     return *binding.explicitStream;
   }
-  if (!threadsafe()) {
-    return defaultStream();
+  // The epoch first: a policy read older than the epoch is seen as stale (Note [Switching the
+  // policy]).
+  binding.policyEpoch = policyEpoch_.load(std::memory_order_seq_cst);
+  const bool on = threadsafe_.load(std::memory_order_seq_cst);
+  testHook(TestHook::PolicyRead);
+  if (!on) {
+    binding.policyStream = &defaultStream();
+    return *binding.policyStream;
   }
   if (binding.bound != nullptr) {
+    binding.policyStream = binding.bound;
     return *binding.bound;
   }
   // Bind: the unbound pool stream with the lowest id, else the least-bound one.
@@ -188,7 +201,16 @@ Stream& Runtime::currentStream() {
   chosen.counters().threadsBound.add();
   counters_.threadsBound.add();
   binding.bound = &chosen;
+  binding.policyStream = &chosen;
   return chosen;
+}
+
+Stream* Runtime::currentStreamIfAny() {
+  ThreadBinding& binding = tlsBindings.of(serial_, life_);
+  if (binding.explicitStream != nullptr) {
+    return binding.explicitStream;
+  }
+  return threadsafe() ? binding.bound : &defaultStream();
 }
 
 void Runtime::setCurrentStream(Stream* stream) {
@@ -220,9 +242,21 @@ void Runtime::unbind(Stream& stream) noexcept {
   } catch (const std::exception&) {
     // Counted by contractError where it was raised; an exiting thread has no caller to tell.
   }
+  // The next owner of a pool stream starts clean: this thread's failures stay with their
+  // batches, for whoever depends on them (Note [GPU errors belong to batches]).
+  stream.acknowledge(stream.batchOfLatestWork());
   std::lock_guard<std::mutex> lock(streamsMutex_);
   stream.owners().fetch_sub(1, std::memory_order_relaxed);
   counters_.threadsReleased.add();
+}
+
+bool Runtime::choseByStalePolicy(const Stream& stream) const {
+  const ThreadBinding& binding = tlsBindings.of(serial_, life_);
+  if (binding.explicitStream != nullptr || binding.policyStream != &stream) {
+    return false;
+  }
+  const uint64_t epoch = policyEpoch_.load(std::memory_order_seq_cst);
+  return binding.policyEpoch != epoch || (epoch & 1) != 0;
 }
 
 void Runtime::setThreadsafe(bool on) {
@@ -230,6 +264,15 @@ void Runtime::setThreadsafe(bool on) {
   if (on == threadsafe()) {
     return;
   }
+  // Odd while switching, even again when done or refused: a stream chosen before or during
+  // the switch is committed by its thread at the end of its dispatch (Stream::dispatch).
+  policyEpoch_.fetch_add(1, std::memory_order_seq_cst);
+  struct EndSwitch {
+    std::atomic<uint64_t>& epoch;
+    ~EndSwitch() {
+      epoch.fetch_add(1, std::memory_order_seq_cst);
+    }
+  } endSwitch{policyEpoch_};
   Stream& mine = currentStream();
   for (Stream* stream : createdStreams()) {
     // The caller's own stream is drained below, unless another thread holds its encoder
@@ -247,7 +290,7 @@ void Runtime::setThreadsafe(bool on) {
   for (Stream* stream : createdStreams()) {
     stream->waitCompleted(stream->submittedBatch());
   }
-  threadsafe_.store(on, std::memory_order_release);
+  threadsafe_.store(on, std::memory_order_seq_cst);
 }
 
 // ---- Protections --------------------------------------------------------------------------
@@ -276,20 +319,36 @@ void Runtime::synchronizeDevice() {
   counters_.deviceSynchronizes.add();
   // Commit the work this thread encoded, on the stream it encoded it on; a thread that has no
   // stream yet has nothing to commit, and is not bound to one just to synchronize.
-  ThreadBinding& binding = tlsBindings.of(serial_, life_);
-  Stream* mine = binding.explicitStream;
-  if (mine == nullptr) {
-    mine = threadsafe() ? binding.bound : &defaultStream();
-  }
+  Stream* mine = currentStreamIfAny();
   if (mine != nullptr) {
     runOnQueue(*mine, [&] { mine->synchronize(SyncType::COMMIT); });
   }
   const std::vector<Stream*> streams = createdStreams();
-  for (Stream* stream : streams) {
-    stream->waitCompleted(stream->submittedBatch());
+  // Work other threads encoded and left in an open batch counts too: a thread that returned
+  // from Python's join() may not have given its stream back yet (Note [Device-wide
+  // synchronize]). Closed on request, never by touching their encoder from here.
+  std::vector<uint64_t> upTo(streams.size());
+  for (size_t i = 0; i < streams.size(); ++i) {
+    upTo[i] = streams[i]->batchOfLatestWork();
+    streams[i]->closeUpTo(upTo[i]);
   }
-  for (Stream* stream : streams) {
-    stream->rethrowGpuError();
+  for (size_t i = 0; i < streams.size(); ++i) {
+    streams[i]->waitCompleted(upTo[i]);
+  }
+  // Everything was waited for, so every failure not yet acknowledged is raised (Note [GPU
+  // errors belong to batches]); the caller's own stream's counts as told.
+  std::shared_ptr<const std::string> failure;
+  for (size_t i = 0; i < streams.size(); ++i) {
+    auto mineOrOther = streams[i]->failureOf(upTo[i], /*includeAcknowledged=*/false);
+    if (mineOrOther && streams[i] == mine) {
+      streams[i]->acknowledge(upTo[i]);
+    }
+    if (mineOrOther && !failure) {
+      failure = mineOrOther;
+    }
+  }
+  if (failure) {
+    throw CommandBufferError(*failure);
   }
 }
 

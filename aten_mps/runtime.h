@@ -18,7 +18,13 @@
 // guard) always wins over the policy.
 //
 // Note [Switching the policy]
-// setThreadsafe() refuses (WorkInFlightError) while another thread has encoded work that it
+// A thread reads the policy, then enters the chosen stream's queue: a switch can happen in
+// between (issue 8.6), and the thread then encodes on the stream of the old policy, which it
+// will not use again. So the switch moves a policy epoch (odd while switching), the thread
+// remembers the epoch it read with the stream the policy gave it, and Stream::dispatch, at
+// the end of a dispatch onto a stream chosen under an older (or a switching) epoch, commits
+// the batch before leaving the queue: work encoded under the old policy is never left
+// uncommitted. setThreadsafe() refuses (WorkInFlightError) while another thread has encoded work that it
 // has not committed, or holds an encoder lease: that work belongs to the thread's open
 // command buffer, which only its own thread may end. Otherwise it commits the caller's own
 // work, waits for every submitted batch on every stream (a drain), then switches. Uses that
@@ -26,11 +32,18 @@
 // policy.
 //
 // Note [Device-wide synchronize]
-// synchronizeDevice() commits the calling thread's current stream (if it has one: it binds no
-// stream to a thread that has encoded nothing) and then waits, on the CPU,
-// for the batches every other stream has submitted. It never ends, commits or encodes into
-// another stream's open command buffer (the mistake a reviewer caught in CTranslate2's MPS
-// backend): work another thread has encoded but not committed is that thread's to submit.
+// synchronizeDevice() covers all work encoded on the device before it was called, by any
+// thread, as cudaDeviceSynchronize does. It commits the calling thread's current stream (if it
+// has one: it binds no stream to a thread that has encoded nothing), gets every other stream's
+// open batch that holds work committed through Note [Closing a batch on request] (requestClose
+// and, when that stream's queue is free, a commit from inside the queue; when a thread is
+// inside, that thread commits at the end of its dispatch), then waits, on the CPU, for all of
+// them. This is what makes synchronize() right after join() cover the joined thread's work:
+// Python's join() returns before the thread's thread_local bookkeeping gives its stream back
+// (issue 8.4). It never ends, commits or encodes into another stream's command buffer from
+// outside that stream's queue, so it never ends an encoder while its thread encodes (the
+// mistake a reviewer caught in CTranslate2's MPS backend): the encoder lease only exists
+// inside the queue, and the queue is ours only when nobody else is in it.
 //
 // Note [Runtime lifetime]
 // The process-wide runtime (the torch device's) is created once and deliberately leaked, like
@@ -87,6 +100,9 @@ class Runtime {
 
   // ---- Thread policy (Note [Thread policy]) -----------------------------------------------
   Stream& currentStream();
+  // The stream currentStream() would return, without binding a pool stream to a thread that
+  // has none yet (nullptr then).
+  Stream* currentStreamIfAny();
   // The stream guard: `stream` becomes this thread's current stream; nullptr restores the
   // policy. InvalidArgument for a stream of another runtime.
   void setCurrentStream(Stream* stream);
@@ -95,6 +111,8 @@ class Runtime {
     return threadsafe_.load(std::memory_order_acquire);
   }
   void setThreadsafe(bool on); // Note [Switching the policy]
+  // Whether this thread's policy chose `stream` under a policy that has switched since.
+  bool choseByStalePolicy(const Stream& stream) const;
   // Gives this thread's bound pool stream back now (thread exit does it too).
   void releaseThreadStream();
 
@@ -152,6 +170,7 @@ class Runtime {
   std::vector<std::atomic<Stream*>> streams_; // Note [Stream ids]; created lazily
   std::atomic<uint32_t> roundRobin_{0};
   std::mutex policyMutex_; // serializes setThreadsafe
+  std::atomic<uint64_t> policyEpoch_{0}; // Note [Switching the policy]
 
   mutable std::mutex probeMutex_;
   std::function<bool()> memoryPressureProbe_;

@@ -1,13 +1,17 @@
 #include "stream.h"
 
+#include <algorithm>
 #include <chrono>
 #include <string>
 
 #include "domains.h"
 #include "errors.h"
 #include "runtime.h"
+#include "test_hooks.h"
 
 namespace at::mps::threadsafe {
+
+std::atomic<const TestHookFn*> test_hooks::gHook{nullptr};
 
 namespace {
 
@@ -103,6 +107,9 @@ void Stream::dispatch(FunctionRef<void()> fn) {
       throw;
     }
     serveCloseRequests();
+    if (runtime_.choseByStalePolicy(*this) && !leaseOut()) {
+      synchronize(SyncType::COMMIT); // Note [Switching the policy]
+    }
   };
   if (!runtime_.protections().serialQueue) {
     body(); // the deliberately unsafe mode: no mutual exclusion (protections.h)
@@ -137,7 +144,7 @@ CommandBuffer& Stream::commandBuffer() {
     commandBuffer_ = queue_->makeCommandBuffer();
   }
   // Callers may encode straight into the buffer (MPSGraph does), so it counts as work.
-  uncommittedWork_.store(true, std::memory_order_release);
+  markUncommittedWork();
   return *commandBuffer_;
 }
 
@@ -149,7 +156,7 @@ ComputeEncoder& Stream::commandEncoder() {
     encoder_ = commandBuffer().makeComputeEncoder();
     counters_.encodersCreated.add();
   }
-  uncommittedWork_.store(true, std::memory_order_release);
+  markUncommittedWork();
   return *encoder_;
 }
 
@@ -172,7 +179,7 @@ void Stream::endLease() noexcept {
 void Stream::noteEncodedOp() {
   requireOnQueue("noteEncodedOp()");
   counters_.opsEncoded.add();
-  uncommittedWork_.store(true, std::memory_order_release);
+  markUncommittedWork();
 }
 
 void Stream::endKernelCoalescing() {
@@ -216,10 +223,18 @@ void Stream::commitBatch(bool keepCommandBufferOpen) {
   if (!commandBuffer_) {
     return;
   }
-  if (keepCommandBufferOpen && !uncommittedWork_.load(std::memory_order_acquire)) {
+  if (keepCommandBufferOpen && !hasUncommittedWork()) {
     return;
   }
-  const uint64_t batch = openBatch_.load(std::memory_order_relaxed);
+  const uint64_t batch = openBatch();
+  if (!openBatchWaits_.empty()) {
+    std::lock_guard<std::mutex> lock(progressMutex_);
+    batchWaits_[batch] = std::move(openBatchWaits_);
+    if (batchWaits_.size() > kMaxRememberedBatches) {
+      batchWaits_.erase(batchWaits_.begin());
+    }
+  }
+  openBatchWaits_.clear();
   CommandBuffer& buffer = *commandBuffer_;
   buffer.encodeSignalEvent(*timeline_, batch);
   buffer.addCompletedHandler([this, batch](CommandBufferStatus status, const std::string& error) {
@@ -231,32 +246,41 @@ void Stream::commitBatch(bool keepCommandBufferOpen) {
     buffer.commit();
     commandBuffer_.reset();
   }
-  uncommittedWork_.store(false, std::memory_order_release);
   counters_.commandBuffersSubmitted.add();
+  testHook(TestHook::CommitBeforePublish, this);
   {
     // Notify under the lock: a woken waiter may go on to destroy the runtime, and with it
-    // this condition variable.
+    // this condition variable. One store publishes "batch submitted, next one open and
+    // empty" (Note [Batch state is one word]).
     std::lock_guard<std::mutex> lock(progressMutex_);
-    submittedBatch_.store(batch, std::memory_order_release);
-    openBatch_.store(batch + 1, std::memory_order_release);
+    batchState_.store((batch + 1) << 1, std::memory_order_release);
     progressCv_.notify_all();
   }
 }
 
 void Stream::commitAndWait() {
   commitBatch(/*keepCommandBufferOpen=*/false);
-  waitCompleted(submittedBatch());
-  rethrowGpuError();
+  const uint64_t batch = submittedBatch();
+  waitCompleted(batch);
+  // The caller is this stream's owner, inside its queue: once told, later batches are clean.
+  auto failure = failureOf(batch, /*includeAcknowledged=*/false);
+  if (failure) {
+    acknowledge(batch);
+    throw CommandBufferError(*failure);
+  }
 }
 
 void Stream::onBatchCompleted(uint64_t batch, CommandBufferStatus status, const std::string& error) {
+  testHook(TestHook::BatchCompleted, this);
   {
     std::lock_guard<std::mutex> lock(progressMutex_);
     if (status == CommandBufferStatus::Error) {
       counters_.gpuErrors.add();
-      if (gpuError_.empty()) {
-        gpuError_ = "command buffer (batch " + std::to_string(batch) + " of " + streamName(id_) +
-            ") failed on the GPU: " + error;
+      failures_[batch] = std::make_shared<const std::string>(
+          "command buffer (batch " + std::to_string(batch) + " of " + streamName(id_) +
+          ") failed on the GPU: " + error);
+      if (failures_.size() > kMaxRememberedBatches) {
+        failures_.erase(failures_.begin());
       }
     }
     if (completedBatch_.load(std::memory_order_relaxed) < batch) {
@@ -264,6 +288,64 @@ void Stream::onBatchCompleted(uint64_t batch, CommandBufferStatus status, const 
     }
     progressCv_.notify_all(); // under the lock: see commitBatch
   }
+}
+
+std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch, bool includeAcknowledged) {
+  if (batch == 0) {
+    return nullptr;
+  }
+  waitCompleted(batch);
+  std::vector<std::pair<uint64_t, std::vector<std::pair<Stream*, uint64_t>>>> unresolved;
+  {
+    std::lock_guard<std::mutex> lock(progressMutex_);
+    const uint64_t acknowledged = acknowledgedUpTo_.load(std::memory_order_relaxed);
+    auto exact = failures_.find(batch);
+    if (exact != failures_.end() && (includeAcknowledged || batch > acknowledged)) {
+      return exact->second;
+    }
+    // Stream order: a failure in (acknowledged, batch].
+    auto first = failures_.upper_bound(acknowledged);
+    if (first != failures_.end() && first->first <= batch) {
+      return first->second;
+    }
+    for (auto it = batchWaits_.upper_bound(acknowledged);
+         it != batchWaits_.end() && it->first <= batch; ++it) {
+      unresolved.emplace_back(it->first, it->second);
+    }
+  }
+  // Cross-stream: resolve the GPU waits of those batches, oldest first, with no lock held
+  // (the waited-for stream may have to wait for its own handlers).
+  for (auto& [waiter, waits] : unresolved) {
+    std::shared_ptr<const std::string> cause;
+    for (auto& [other, otherBatch] : waits) {
+      if (auto failure = other->failureOf(otherBatch)) {
+        cause = std::make_shared<const std::string>(
+            "batch " + std::to_string(waiter) + " of " + streamName(id_) + " depends on a failed batch: " +
+            *failure);
+        break;
+      }
+    }
+    std::lock_guard<std::mutex> lock(progressMutex_);
+    batchWaits_.erase(waiter);
+    if (cause) {
+      failures_.emplace(waiter, cause);
+      if (waiter > acknowledgedUpTo_.load(std::memory_order_relaxed)) {
+        return cause;
+      }
+    }
+  }
+  return nullptr;
+}
+
+void Stream::raiseIfFailed(uint64_t batch, bool includeAcknowledged) {
+  if (auto failure = failureOf(batch, includeAcknowledged)) {
+    throw CommandBufferError(*failure);
+  }
+}
+
+void Stream::acknowledge(uint64_t batch) {
+  std::lock_guard<std::mutex> lock(progressMutex_);
+  raiseToAtLeast(acknowledgedUpTo_, batch);
 }
 
 void Stream::waitCompleted(uint64_t batch) {
@@ -280,14 +362,7 @@ void Stream::waitCompleted(uint64_t batch) {
 }
 
 void Stream::rethrowGpuError() {
-  std::string error;
-  {
-    std::lock_guard<std::mutex> lock(progressMutex_);
-    error.swap(gpuError_);
-  }
-  if (!error.empty()) {
-    throw CommandBufferError(error);
-  }
+  raiseIfFailed(submittedBatch(), /*includeAcknowledged=*/false);
 }
 
 void Stream::addCompletedHandler(CompletionHandler handler) {
@@ -302,14 +377,29 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
   if (!protections.crossStreamOrder || !protections.serialQueue) {
     return;
   }
+  // Note [Unordered writes are a set]: read what we depend on and record our uses in one
+  // step per buffer, wait with no lock held, then settle our uses on the batch they are
+  // really encoded in (serving a close request during the waits may have moved it on).
   thread_local std::vector<StreamUse> dependencies;
   dependencies.clear();
-  runtime_.bufferUses().dependencies(*this, uses, count, dependencies);
+  thread_local std::vector<StreamUse> ownWrites;
+  ownWrites.clear();
+  runtime_.bufferUses().dependOnAndRecord(*this, uses, count, openBatch(), dependencies,
+                                          &ownWrites);
+  testHook(TestHook::BufferUsesBeforeWaits, this);
+  // Our own earlier writes are ordered by our queue; but one from a batch whose failure was
+  // already acknowledged (told to a previous owner of this stream) no longer reaches us in
+  // stream order, so it is a batch dependency of its own (Note [GPU errors belong to batches]).
+  const uint64_t acknowledged = acknowledgedUpTo_.load(std::memory_order_acquire);
+  for (const StreamUse& write : ownWrites) {
+    if (write.batch <= acknowledged) {
+      openBatchWaits_.emplace_back(this, write.batch);
+    }
+  }
   for (const StreamUse& dependency : dependencies) {
     waitForStream(*dependency.stream, dependency.batch);
   }
-  // After the waits: serving a close request meanwhile may have moved our open batch on.
-  runtime_.bufferUses().record(*this, uses, count, openBatch());
+  runtime_.bufferUses().settle(*this, uses, count, openBatch(), dependencies);
 }
 
 void Stream::waitForStream(Stream& other, uint64_t batch) {
@@ -333,6 +423,9 @@ void Stream::waitForStream(Stream& other, uint64_t batch) {
     return; // an earlier wait of this stream already covers it: GPU waits block later work too
   }
   if (other.completedBatch() >= batch) {
+    // Already done: if it failed, what we were about to encode would read its garbage
+    // (Note [GPU errors belong to batches]).
+    other.raiseIfFailed(batch);
     waited = batch;
     return;
   }
@@ -341,26 +434,48 @@ void Stream::waitForStream(Stream& other, uint64_t batch) {
   }
   endKernelCoalescing(); // Metal: no encoder may be open while an event wait is encoded
   commandBuffer().encodeWaitForEvent(other.timeline(), batch);
+  openBatchWaits_.emplace_back(&other, batch);
   waited = batch;
   counters_.crossStreamWaits.add();
 }
 
 // Note [Closing a batch on request].
 void Stream::ensureSubmitted(Stream& other, uint64_t batch) {
-  other.requestClose(batch);
-  while (other.submittedBatch() < batch) {
-    const bool served = other.executor().tryDispatchSync([&] {
-      InsideScope inside(other, runtime_.counters());
-      other.serveCloseRequests();
+  other.closeUpTo(batch);
+}
+
+void Stream::closeUpTo(uint64_t batch) {
+  if (submittedBatch() >= batch) {
+    return;
+  }
+  if (isCurrent()) {
+    serveCloseRequestsUpTo(batch);
+    return;
+  }
+  // The stream whose queue the caller is in (if any) keeps serving its own close requests
+  // while it waits, so two streams waiting for each other both make progress.
+  Stream* inside = tlsInsideStream;
+  requestClose(batch);
+  while (submittedBatch() < batch) {
+    const bool served = executor().tryDispatchSync([&] {
+      InsideScope scope(*this, runtime_.counters());
+      serveCloseRequests();
     });
     if (served) {
       continue;
     }
-    serveCloseRequests(); // someone may be waiting for us in the same way
-    std::unique_lock<std::mutex> lock(other.progressMutex_);
-    other.progressCv_.wait_for(lock, std::chrono::microseconds(200),
-                               [&] { return other.submittedBatch() >= batch; });
+    if (inside != nullptr) {
+      inside->serveCloseRequests();
+    }
+    std::unique_lock<std::mutex> lock(progressMutex_);
+    progressCv_.wait_for(lock, std::chrono::microseconds(200),
+                         [&] { return submittedBatch() >= batch; });
   }
+}
+
+void Stream::serveCloseRequestsUpTo(uint64_t batch) {
+  requestClose(batch);
+  serveCloseRequests();
 }
 
 void Stream::requestClose(uint64_t batch) {

@@ -18,6 +18,16 @@
 // dispatch(), i.e. on the stream's serial executor. The accessors below check it and raise
 // ContractError otherwise (upstream PR 198039 asserts the same in commandEncoder()). Only the
 // atomics documented as "any thread" may be read from outside.
+// "On the executor" is what counts, however the thread got there: a raw
+// dispatch_sync(torch::mps::get_dispatch_queue(), ^{...}) block is on the queue too (issue
+// 8.11). That is PyTorch's documented pattern for custom Metal kernels (docs "Custom Metal
+// kernels" / torch::mps::get_command_buffer + get_dispatch_queue), and it is as safe as
+// dispatch(): the executor is serial, so nobody else touches the stream meanwhile. What a raw
+// block does not get is what dispatch() adds around the body: C++ exceptions are not carried
+// back (GCD blocks must not throw), close requests are served only when the block has left
+// (the waiter commits from inside the queue once it is free), and ReentryError / the
+// nested-queue check rely on the executor's own reentry check. Off the executor (no dispatch,
+// no raw block) every accessor raises ContractError.
 //
 // Note [Closing a batch on request]
 // A stream that must wait for work another stream has encoded but not yet committed cannot
@@ -32,10 +42,32 @@
 //     commits at the end of its current dispatch (serveCloseRequests).
 // Every GPU wait is thus on a batch already committed, which only holds waits encoded before
 // it, so the waits never form a cycle.
+//
+// Note [GPU errors belong to batches]
+// A command buffer that fails on the GPU fails its batch (stream, N); the error is kept with
+// that batch, not with the stream, and is raised to everything that depends on the batch,
+// with the stream, the batch and the kernel's own message in it:
+// - in stream order: later batches of the same stream may read what the failed kernel left,
+//   so they carry the failure too, until the stream's owner has been told (its own
+//   COMMIT_AND_WAIT, or device synchronize from its thread, raised it: acknowledge()) or has
+//   given the stream back (a pool stream never carries an error to its next owner);
+// - across streams: a batch that waited on the GPU for a failed batch (useBuffers' ordering,
+//   waitStream, Event::wait) is failed with the same cause ("poisoned"): its reader gets the
+//   error, never the zeros the failed kernel left. Waits are recorded per batch at commit and
+//   resolved lazily, by whoever asks (failureOf), since the failed batch's completion handler
+//   may run after the dependent's;
+// - a wait on an already failed batch (waitForStream) raises at once;
+// - Event::synchronize raises the failure of the batch it recorded; device synchronize and a
+//   stream's synchronize raise the failures not yet told to the owner (includeAcknowledged
+//   false), so a failure does not stay sticky for everyone once its owner was told or left.
+// A thread whose work depends on no failed batch never receives the error. Failures are kept
+// for the last kMaxRememberedBatches failed batches of a stream, and batch dependencies for
+// as many batches: an error older than that is no longer delivered (counted in gpuErrors).
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -101,12 +133,12 @@ class Stream {
   void noteEncodedOp();
   // The batch the work encoded now will belong to.
   uint64_t openBatch() const {
-    return openBatch_.load(std::memory_order_acquire);
+    return batchState_.load(std::memory_order_acquire) >> 1;
   }
 
   // ---- Any thread -----------------------------------------------------------------------
   uint64_t submittedBatch() const {
-    return submittedBatch_.load(std::memory_order_acquire);
+    return (batchState_.load(std::memory_order_acquire) >> 1) - 1;
   }
   uint64_t completedBatch() const {
     return completedBatch_.load(std::memory_order_acquire);
@@ -115,13 +147,37 @@ class Stream {
   void waitCompleted(uint64_t batch);
   // Whether the stream holds encoded work that no commit has submitted yet.
   bool hasUncommittedWork() const {
-    return uncommittedWork_.load(std::memory_order_acquire);
+    return (batchState_.load(std::memory_order_acquire) & 1) != 0;
+  }
+  // The batch holding the latest work encoded on this stream: the open batch if it holds
+  // work, else the last submitted one (0: none). One load, so never stale (Note [Batch
+  // state is one word]); use it instead of combining the three accessors above.
+  uint64_t batchOfLatestWork() const {
+    const uint64_t state = batchState_.load(std::memory_order_acquire);
+    return (state >> 1) - ((state & 1) != 0 ? 0 : 1);
   }
   bool leaseOut() const {
     return leaseOut_.load(std::memory_order_acquire);
   }
   void requestClose(uint64_t batch);
-  // Raises (and clears) the first GPU error of this stream not yet reported.
+  // Gets every batch up to `batch` committed without touching the open command buffer from
+  // outside the queue (Note [Closing a batch on request]): commits it from inside the queue
+  // when the queue is free, else waits for the thread inside to serve the request at the end
+  // of its dispatch. Blocks until submittedBatch() >= batch. Any thread; from inside another
+  // stream's queue, that stream keeps serving its own close requests meanwhile.
+  void closeUpTo(uint64_t batch);
+  // Note [GPU errors belong to batches]. The failure carried by batch `batch` (completed:
+  // waits for its completion handler first), or nullptr. Any thread, no queue held.
+  // With includeAcknowledged false, a failure already told to the owner (acknowledge) is not
+  // returned for its own batch either: what a synchronize covering "everything up to now"
+  // raises, as opposed to a dependent of exactly that batch (a reader, a wait, an event).
+  std::shared_ptr<const std::string> failureOf(uint64_t batch, bool includeAcknowledged = true);
+  // Raises CommandBufferError if batch `batch` carries a failure.
+  void raiseIfFailed(uint64_t batch, bool includeAcknowledged = true);
+  // The owner has been told about failures up to `batch`: later batches no longer carry
+  // them in stream order (batches that failed or were poisoned keep theirs).
+  void acknowledge(uint64_t batch);
+  // raiseIfFailed(submittedBatch(), false): what a synchronize of everything submitted raises.
   void rethrowGpuError();
   // Policy hook: with it set, COMMIT_ADAPTIVE commits when it returns true.
   StreamCounters& counters() {
@@ -152,9 +208,13 @@ class Stream {
   void commitBatch(bool keepCommandBufferOpen);
   void commitAndWait();
   void serveCloseRequests();
+  void serveCloseRequestsUpTo(uint64_t batch);
   void ensureSubmitted(Stream& other, uint64_t batch);
   void onBatchCompleted(uint64_t batch, CommandBufferStatus status, const std::string& error);
   void endLease() noexcept;
+  void markUncommittedWork() {
+    batchState_.fetch_or(1, std::memory_order_acq_rel);
+  }
 
   Runtime& runtime_;
   const int id_;
@@ -166,18 +226,28 @@ class Stream {
   std::shared_ptr<CommandBuffer> commandBuffer_;
   std::shared_ptr<ComputeEncoder> encoder_;
   std::vector<uint64_t> waitedUpTo_; // per other stream id: highest batch already waited for
+  std::vector<std::pair<Stream*, uint64_t>> openBatchWaits_; // GPU waits in the open batch
 
   // Any-thread state.
-  std::atomic<uint64_t> openBatch_{1};
-  std::atomic<uint64_t> submittedBatch_{0};
+  // Note [Batch state is one word]
+  // The open batch and whether it holds work, as openBatch * 2 + hasWork; the submitted batch
+  // is always openBatch - 1. Kept in one atomic so a reader never combines the flag of one
+  // moment with the number of another: with them in separate atomics, a commit that cleared
+  // the flag before publishing the new number let a reader of "the batch of the latest work"
+  // get N - 1 while that work was in batch N (issue 8.5), and an allocator on it reuse a
+  // buffer batch N still reads. Only the thread inside the queue writes it.
+  std::atomic<uint64_t> batchState_{2};
   std::atomic<uint64_t> completedBatch_{0};
   std::atomic<uint64_t> closeRequestedUpTo_{0};
-  std::atomic<bool> uncommittedWork_{false};
   std::atomic<bool> leaseOut_{false};
   std::atomic<int> owners_{0};
-  std::mutex progressMutex_; // guards the two waits below and gpuError_
+  std::mutex progressMutex_; // guards the waits below and the failure bookkeeping
   std::condition_variable progressCv_;
-  std::string gpuError_;
+  // Note [GPU errors belong to batches], under progressMutex_.
+  static constexpr size_t kMaxRememberedBatches = 1024;
+  std::map<uint64_t, std::shared_ptr<const std::string>> failures_; // failed or poisoned
+  std::map<uint64_t, std::vector<std::pair<Stream*, uint64_t>>> batchWaits_; // unresolved
+  std::atomic<uint64_t> acknowledgedUpTo_{0}; // written under progressMutex_
   StreamCounters counters_;
 };
 
