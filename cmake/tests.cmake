@@ -44,6 +44,19 @@ if(NOT MPSTS_TEST_SOURCES)
   return()
 endif()
 
+# Note [Test names]
+# A test case's name is its CTest name. Catch2 v2's discovery script reads the list of names as
+# a CMake list, so a ';' in a name splits it into pieces that match no test case; refuse such
+# names here, where the file and line can be named, instead of in a puzzling CTest run.
+foreach(_source IN LISTS MPSTS_TEST_SOURCES)
+  file(STRINGS "${_source}" _bad_names REGEX "TEST_CASE\\(\"[^\"]*;")
+  if(_bad_names)
+    list(GET _bad_names 0 _bad_name)
+    message(FATAL_ERROR "mps_threadsafe: ${_source}: a test case name contains ';', which CTest "
+                        "cannot register (Note [Test names] in cmake/tests.cmake): ${_bad_name}")
+  endif()
+endforeach()
+
 add_executable(runtime_tests ${MPSTS_TEST_SOURCES})
 # tests/cpp/main.cpp has the main() (Catch::Session) for both versions: plain Catch2::Catch2.
 target_link_libraries(runtime_tests PRIVATE mps_threadsafe_runtime Catch2::Catch2)
@@ -77,7 +90,8 @@ if(MPSTS_TEST_LAUNCHER)
   set_target_properties(runtime_tests PROPERTIES CROSSCOMPILING_EMULATOR "${MPSTS_TEST_LAUNCHER}")
 endif()
 
-# One CTest test per Catch2 test case. --order decl keeps runs reproducible; the watchdog in
+# One CTest test per Catch2 test case. --order decl keeps runs reproducible; --warn NoTests
+# makes a name that matches no test case a failure, not a silent pass (v2's default); the watchdog in
 # main.cpp fails a hung case first (MPSTS_TEST_TIMEOUT_S), CTest's TIMEOUT is the backstop.
 # v3 lists the cases when CTest runs (PRE_TEST), so building never runs a test binary; v2's
 # Catch.cmake only knows POST_BUILD listing (after each link), run through the same launcher.
@@ -86,6 +100,6 @@ if(MPSTS_CATCH2_MAJOR GREATER_EQUAL 3)
   list(APPEND _mpsts_discovery_args DISCOVERY_MODE PRE_TEST)
 endif()
 catch_discover_tests(runtime_tests
-  EXTRA_ARGS --order decl
+  EXTRA_ARGS --order decl --warn NoTests
   PROPERTIES TIMEOUT ${MPSTS_TEST_TIMEOUT}
   ${_mpsts_discovery_args})

@@ -69,13 +69,22 @@ def plot_bench(path, rows, meta):
     ops_axis.set_ylabel("ops/s (log)")
     ops_axis.set_title("throughput (wide pale line: ideal scaling)")
     eff_axis.axhline(1.0, color="0.5", linewidth=1)
-    eff_axis.set_ylim(0, 1.25)
+    # Room for a superlinear point (a noisy 1-thread base), but a wild one must not squash the rest.
+    top = max([r["efficiency"] for r in rows if r.get("efficiency")] + [1.0])
+    eff_axis.set_ylim(0, min(max(1.25, top * 1.08), 3.0))
     eff_axis.set_ylabel("efficiency = speedup / min(n, cores)" if device != "mps"
                         else "efficiency = speedup / n")
     eff_axis.set_title("efficiency (1 = ideal)")
-    ops_axis.legend(fontsize=7, loc="best")
+    # One legend under both charts, a column per model: it never covers a line.
+    handles, labels = ops_axis.get_legend_handles_labels()
+    columns = max(1, len(models))
+    order = [i for column in range(columns) for i in range(len(labels)) if
+             labels[i].split(" ")[0] == models[column]]
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower center",
+               ncol=columns, fontsize=8, frameon=False)
+    legend_rows = max(1, -(-len(labels) // columns))
     fig.suptitle(f"bench: {report.title_suffix(meta)}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.045 * legend_rows + 0.02, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     print(f"\nplot written to {path}")
