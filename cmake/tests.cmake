@@ -95,11 +95,15 @@ endif()
 # main.cpp fails a hung case first (MPSTS_TEST_TIMEOUT_S), CTest's TIMEOUT is the backstop.
 # v3 lists the cases when CTest runs (PRE_TEST), so building never runs a test binary; v2's
 # Catch.cmake only knows POST_BUILD listing (after each link), run through the same launcher.
+# (v3 spells the warning UnmatchedTestSpec and already fails a run of no test case.)
 set(_mpsts_discovery_args)
 if(MPSTS_CATCH2_MAJOR GREATER_EQUAL 3)
   list(APPEND _mpsts_discovery_args DISCOVERY_MODE PRE_TEST)
+  set(_mpsts_no_match_is_failure --warn UnmatchedTestSpec)
+else()
+  set(_mpsts_no_match_is_failure --warn NoTests)
 endif()
 catch_discover_tests(runtime_tests
-  EXTRA_ARGS --order decl --warn NoTests
+  EXTRA_ARGS --order decl ${_mpsts_no_match_is_failure}
   PROPERTIES TIMEOUT ${MPSTS_TEST_TIMEOUT}
   ${_mpsts_discovery_args})
