@@ -7,6 +7,13 @@
 # -DCMAKE_PREFIX_PATH=/its/prefix (or -DCatch2_DIR=/its/prefix/lib/cmake/Catch2).
 # tests/cpp/catch2_compat.h includes the right header for MPSTS_CATCH2_MAJOR.
 #
+# Catch2 v3 on Debian 12 beside the system's v2 (how it was tested): bookworm-backports has
+# catch2 3.7.1. With that suite in the apt sources (`Suites: bookworm-backports`):
+#   apt-get update && cd /tmp && apt-get download libcatch2-dev/bookworm-backports
+#   dpkg-deb -x libcatch2-dev_*.deb /opt/catch2-v3
+#   CMAKE_PREFIX_PATH=/opt/catch2-v3/usr ./build.sh test
+# Ubuntu 24.04: apt-get install catch2 (3.4.0); macOS: brew install catch2.
+#
 # MPSTS_TEST_LAUNCHER: a command that runs the test binary, both when CTest runs a case and when
 # the cases are listed for discovery (for example `setarch x86_64 -R`, see Note [TSan and ASLR]).
 
@@ -98,7 +105,9 @@ endif()
 # (v3 spells the warning UnmatchedTestSpec and already fails a run of no test case.)
 set(_mpsts_discovery_args)
 if(MPSTS_CATCH2_MAJOR GREATER_EQUAL 3)
-  list(APPEND _mpsts_discovery_args DISCOVERY_MODE PRE_TEST)
+  if(Catch2_VERSION VERSION_GREATER_EQUAL 3.2) # the first Catch.cmake with DISCOVERY_MODE
+    list(APPEND _mpsts_discovery_args DISCOVERY_MODE PRE_TEST)
+  endif()
   set(_mpsts_no_match_is_failure --warn UnmatchedTestSpec)
 else()
   set(_mpsts_no_match_is_failure --warn NoTests)
