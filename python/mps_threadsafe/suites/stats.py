@@ -9,7 +9,11 @@ import json
 
 
 def _mib(n):
-    return f"{n / 2**20:,.1f} MiB"
+    """Bytes as B, KiB, MiB or GiB."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n} B"
 
 
 def _ms(ns):
