@@ -111,7 +111,9 @@ build_variant() {
   if [[ -f $dir/CMakeCache.txt ]]; then
     local cached
     cached=$(sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' "$dir/CMakeCache.txt")
-    if [[ $(readlink -f "$cached" 2>/dev/null) != $(readlink -f "$compiler") ]]; then
+    # Compared as spelled: CMake itself drops the whole cache (the preset's variables with it)
+    # when the spelling changes, even for the same compiler (/usr/bin/c++ vs /usr/bin/g++).
+    if [[ $cached != "$compiler" ]]; then
       log "build/$variant was configured with $cached; starting it afresh with $compiler"
       rm -rf "$dir"
     fi
