@@ -124,6 +124,7 @@ def build_parser():
                                      parser_class=OneLineParser)
 
     def common(sub, modes_default):
+        sub.set_defaults(command_parser=sub)  # for errors found after parsing
         sub.add_argument("--device", choices=DEVICES, default=None,
                          help="default: mps when available, else mps_sim")
         sub.add_argument("--mode", action="append", choices=["on", "off", "unsafe"],
@@ -203,16 +204,14 @@ def main(argv=None):
     if args.suite == "stats":
         from .suites import stats
         return stats.main(args)
-    subparser = parser._subparsers._group_actions[0].choices[args.suite]
     args.device = args.device or default_device()
     if args.device == "mps":
         import torch
         if not torch.backends.mps.is_available():
-            subparser.error("device 'mps' is not available here (it needs macOS on Apple "
+            args.command_parser.error("device 'mps' is not available here (it needs macOS on Apple "
                             "silicon); use --device mps_sim")
     if args.suite == "story":
         from .suites import story as suite
-        args.models, args.threads, args.plot = None, None, None
     elif args.suite == "bench":
         from .suites import bench as suite
     else:

@@ -164,7 +164,9 @@ def run_metadata(args):
         "machine": {"platform": platform.platform(), "arch": platform.machine(),
                     "processor": platform.processor() or None, "node": platform.node()},
         "cores": usable_cores(),
-        "torch_threads": torch.get_num_threads(),
+        # The cpu reference runs with one intra-op thread (OMP_NUM_THREADS=1); mps_sim rounds
+        # set it themselves (suites/device.py).
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "commit": git_commit(),
         "argv": sys.argv[1:],
     }
