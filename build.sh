@@ -13,6 +13,8 @@
 #   CXX=clang++         compiler for every build (default g++); a build directory made with
 #                       another compiler is rebuilt from scratch
 #   MPSTS_JOBS=N        parallel compile jobs (default 2)
+#   CMAKE_PREFIX_PATH=P where CMake finds a Catch2 outside the system prefixes (v3 is preferred
+#                       over v2 when both are found)
 #   MPSTS_WERROR=OFF    do not treat warnings as errors (default ON: the code is -Wall -Wextra
 #                       clean, and CI keeps it so)
 #   Extra arguments after `bench` go to tools/microbench (e.g. ./build.sh bench --quick).
@@ -54,24 +56,25 @@ install_packages() {
       "${packages[*]}" >&2
     printf '(or run ./build.sh as root, which installs them)\n' >&2
   else
-    printf 'install them with your package manager (Catch2 must be version 2: <catch2/catch.hpp>)\n' >&2
+    printf 'install them with your package manager (Catch2 v3 or v2; brew install catch2 on macOS)\n' >&2
   fi
   exit 1
 }
 
+# Catch2 v3 (<catch2/catch_all.hpp>) or v2 (<catch2/catch.hpp>): Debian's package, or headers
+# under a usual prefix or one in CMAKE_PREFIX_PATH (which cmake/tests.cmake searches too).
 have_catch2() {
-  if command -v dpkg >/dev/null 2>&1; then
-    dpkg -s catch2 >/dev/null 2>&1
-  else
-    local dir
-    for dir in /usr/include /usr/local/include /opt/homebrew/include; do
-      [[ -f $dir/catch2/catch.hpp ]] && return 0
-    done
-    return 1
-  fi
+  command -v dpkg >/dev/null 2>&1 && dpkg -s catch2 >/dev/null 2>&1 && return 0
+  local dir prefixes=()
+  IFS=: read -r -a prefixes <<<"${CMAKE_PREFIX_PATH:-}"
+  for dir in "${prefixes[@]}" /usr /usr/local /opt/homebrew; do
+    [[ -n $dir ]] || continue
+    [[ -f $dir/include/catch2/catch_all.hpp || -f $dir/include/catch2/catch.hpp ]] && return 0
+  done
+  return 1
 }
 
-# cmake >= 3.20, make, the C++ compiler, Catch2 v2.
+# cmake >= 3.21 (CMakePresets.json version 3), make, the C++ compiler, Catch2 (v3 or v2).
 require_build_tools() {
   local missing=()
   if ! command -v cmake >/dev/null 2>&1; then
@@ -79,8 +82,8 @@ require_build_tools() {
   else
     local version
     version=$(cmake --version | sed -n 's/^cmake version \([0-9]*\.[0-9]*\).*/\1/p')
-    if [[ -n $version ]] && ! printf '3.20\n%s\n' "$version" | sort -V -C; then
-      die "cmake $version is too old; 3.20 or newer is needed"
+    if [[ -n $version ]] && ! printf '3.21\n%s\n' "$version" | sort -V -C; then
+      die "cmake $version is too old; 3.21 or newer is needed (CMake presets)"
     fi
   fi
   command -v make >/dev/null 2>&1 || missing+=(make)
@@ -96,31 +99,8 @@ require_build_tools() {
 
 # ---- Building --------------------------------------------------------------------------------
 
-# The build variants: directory name -> CMake build type and sanitizers.
-variant_build_type() {
-  case "$1" in
-    release) echo Release ;; # Release with assert() kept (MPSTS_ASSERTS, default ON)
-    tsan | asan) echo RelWithDebInfo ;;
-    *) die "unknown build variant $1" ;;
-  esac
-}
-# Optimization of each variant: sanitizer builds use -O1 (what the sanitizers' docs advise:
-# readable reports, and a quarter less compile time than -O2 on the 2-core CI machine).
-variant_flags() {
-  case "$1" in
-    release) echo "" ;;
-    tsan | asan) echo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g" ;;
-  esac
-}
-variant_sanitizers() {
-  case "$1" in
-    release) echo "" ;;
-    tsan) echo "thread" ;;
-    asan) echo "address,undefined" ;;
-  esac
-}
-
-# Configures (if needed) and builds build/<variant>: the given targets, or all of them.
+# Configures (if needed) and builds build/<variant>, a preset of CMakePresets.json (release,
+# tsan, asan): the given targets, or all of them.
 build_variant() {
   local variant=$1 dir="$BUILD_ROOT/$1"
   shift
@@ -131,63 +111,35 @@ build_variant() {
   if [[ -f $dir/CMakeCache.txt ]]; then
     local cached
     cached=$(sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' "$dir/CMakeCache.txt")
-    if [[ $(readlink -f "$cached" 2>/dev/null) != $(readlink -f "$compiler") ]]; then
+    # Compared as spelled: CMake itself drops the whole cache (the preset's variables with it)
+    # when the spelling changes, even for the same compiler (/usr/bin/c++ vs /usr/bin/g++).
+    if [[ $cached != "$compiler" ]]; then
       log "build/$variant was configured with $cached; starting it afresh with $compiler"
       rm -rf "$dir"
     fi
   fi
-  local flags
-  flags=$(variant_flags "$variant")
-  log "configuring build/$variant ($(variant_build_type "$variant") build, $CXX_COMPILER)"
-  cmake -S "$REPO" -B "$dir" \
-    -DCMAKE_BUILD_TYPE="$(variant_build_type "$variant")" \
-    -DCMAKE_CXX_COMPILER="$compiler" \
-    -DMPSTS_SANITIZE="$(variant_sanitizers "$variant")" \
-    -DMPSTS_WERROR="$WERROR" ${flags:+"$flags"} || return 1
+  log "configuring build/$variant (CMake preset $variant, $CXX_COMPILER)"
+  cmake --preset "$variant" -S "$REPO" \
+    -DCMAKE_CXX_COMPILER="$compiler" -DMPSTS_WERROR="$WERROR" || return 1
   log "building build/$variant${targets[*]:+ (${targets[*]:1})} with -j$JOBS"
-  cmake --build "$dir" -j "$JOBS" "${targets[@]}" || return 1
+  cmake --build --preset "$variant" -j "$JOBS" "${targets[@]}" || return 1
 }
 
 # ---- Running the C++ tests -------------------------------------------------------------------
 
-# ThreadSanitizer needs the address-space layout it was built for; on kernels with high mmap
-# randomization (vm.mmap_rnd_bits > 28) its binaries die with "unexpected memory mapping".
-# Probe once; if so, run them with ASLR off (setarch -R), which needs no root.
-tsan_launcher() {
-  local binary=$1 output
-  if output=$("$binary" --list-test-names-only 2>&1 >/dev/null) &&
-    ! grep -q 'unexpected memory mapping' <<<"$output"; then
-    return 0
-  fi
-  if grep -q 'unexpected memory mapping' <<<"$output"; then
-    echo "setarch $(uname -m) -R"
-  fi
-}
-
-sanitizer_environment() {
-  export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 history_size=4 ${TSAN_OPTIONS:-}"
-  export ASAN_OPTIONS="detect_leaks=1:strict_string_checks=1:check_initialization_order=1:detect_stack_use_after_return=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
-  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
-}
-
-# Runs CTest in build/<variant>, keeping its log; records Catch2's totals line in cmd_test's
-# TEST_TOTALS and TEST_STATUS.
+# Runs CTest's test preset <variant> (one CTest test per Catch2 test case; the sanitizer options
+# and TSan's ASLR launcher come from CMakePresets.json and cmake/tests.cmake), keeping its log
+# in build/<variant>/ctest.log; records CTest's own summary line ("100% tests passed, 0 tests
+# failed out of 97") in cmd_test's TEST_TOTALS and its exit status in TEST_STATUS.
 run_ctest() {
-  local variant=$1 dir="$BUILD_ROOT/$1" launcher=""
-  if [[ $variant == tsan && -x $dir/runtime_tests ]]; then
-    launcher=$(tsan_launcher "$dir/runtime_tests")
-    [[ -n $launcher ]] && log "ThreadSanitizer needs ASLR off on this kernel: running under '$launcher'"
-  fi
-  log "running the C++ tests of build/$variant"
+  local variant=$1 dir="$BUILD_ROOT/$1"
+  log "running the C++ tests of build/$variant (ctest --preset $variant)"
   local status=0
-  # shellcheck disable=SC2086 # $launcher is a command prefix, split on purpose
-  $launcher ctest --test-dir "$dir" --no-tests=error --verbose 2>&1 | tee "$dir/ctest.log" ||
-    status=$?
+  ctest --preset "$variant" 2>&1 | tee "$dir/ctest.log" || status=$?
   local totals
-  totals=$(sed -E 's/^[0-9]+: //' "$dir/ctest.log" |
-    grep -E '^(All tests passed|test cases:|assertions:)' | tr '\n' ' ' || true)
-  TEST_TOTALS[$variant]="${totals:-stopped before Catch2 printed its totals (see $dir/ctest.log)}"
-  if [[ $status -eq 0 && -n $totals ]]; then TEST_STATUS[$variant]=passed; else TEST_STATUS[$variant]=FAILED; fi
+  totals=$(grep -E '^[0-9]+% tests passed' "$dir/ctest.log" | tail -n 1 || true)
+  TEST_TOTALS[$variant]="${totals:-CTest printed no summary (see $dir/ctest.log)}"
+  if [[ $status -eq 0 ]]; then TEST_STATUS[$variant]=passed; else TEST_STATUS[$variant]=FAILED; fi
 }
 
 # ---- Python (issue 3) ------------------------------------------------------------------------
@@ -296,7 +248,6 @@ cmd_story() {
 # ./build.sh test: every C++ test in three builds, then the Python tests.
 cmd_test() {
   require_build_tools
-  sanitizer_environment
   # Associative arrays (bash 4) are declared here, not at the top: `wheel` must still run
   # under macOS's /bin/bash 3.2.
   local -A TEST_TOTALS=() TEST_STATUS=()

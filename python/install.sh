@@ -7,7 +7,7 @@
 #   MPSTS_PYTHON=python3.11   interpreter for a new virtualenv (default python3)
 #   MPSTS_JOBS=N              parallel compile jobs (default 2)
 #   MPSTS_TORCH_SPEC="torch==2.13.0"  torch to install when the venv has none (default torch==2.13.0:
-#                             a CPU build; any torch >= 2.6 works)
+#                             a CPU build; the tested range is >=2.11,<2.14, python/pyproject.toml)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,7 +23,10 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install --quiet "${MPSTS_TORCH_SPEC:-torch==2.13.0}"
 fi
 missing=()
-for module in pybind11 scikit_build_core numpy pytest; do
+# Build tools (no build isolation: see Note [Torch at build time] in python/CMakeLists.txt), the
+# package's dependencies (installed here because of --no-deps below, which keeps pip from
+# touching torch), matplotlib so `bench --plot` works out of the box, and pytest.
+for module in pybind11 scikit_build_core tqdm tabulate matplotlib pytest; do
   "$PY" -c "import $module" 2>/dev/null || missing+=("${module//_/-}")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then

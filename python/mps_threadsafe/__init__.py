@@ -21,9 +21,10 @@ from .mps_sim import (  # noqa: F401  (re-exported)
     set_violation_policy,
     violation_policy,
 )
+from .suites.stats import stats_summary  # noqa: F401  (re-exported; keys: docs/stats.md)
 
 __all__ = ["set_protections", "protections", "set_violation_policy", "violation_policy",
-           "WorkInFlightError", "register"]
+           "WorkInFlightError", "register", "stats_summary"]
 
 
 def register():

@@ -1,7 +1,192 @@
-"""python -m mps_threadsafe {story,bench,stress} --device {mps_sim,mps,cpu} [--quick] ..."""
+"""python -m mps_threadsafe {story,bench,stress,stats} [options]; each has its own --help.
+
+Note [Validate before work]
+Every argument is checked while parsing, before a model is built or a round started: a run
+of bench or stress takes minutes to hours, and a typo must not cost them (nor end in a
+traceback after the last round). A bad argument is one line on stderr and exit status 2, as
+argparse does for its own errors, without the usage block; outputs (--json, --plot) are
+checked writable, and --plot checks that matplotlib imports.
+"""
 
 import argparse
+import os
 import sys
+
+PROG = "python -m mps_threadsafe"
+DEVICES = ("mps_sim", "mps", "cpu")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with errors as one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+# ---- Argument types: each raises ArgumentTypeError with the reason -----------------------------
+
+
+def positive_int_list(text):
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            value = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"'{part}' is not a whole number (give thread counts like 1,2,4,8)") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{value} threads: a thread count must be 1 or more")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"'{text}' repeats a thread count")
+    return tuple(values)
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be 1 or more")
+    return value
+
+
+def positive_seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} s: the duration must be more than 0 seconds")
+    return value
+
+
+def fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text}: give a fraction in (0, 1], e.g. 0.5")
+    return value
+
+
+def model_list(valid):
+    def parse(text):
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in names if name not in valid]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"unknown model {', '.join(repr(n) for n in unknown) or repr(text)}; "
+                f"valid models: {', '.join(valid)}")
+        return names
+    return parse
+
+
+def writable_file(text):
+    """A path whose file can be written: its folder exists and is writable, and it is not a
+    folder itself. Checked now, not after the run."""
+    path = os.path.abspath(text)
+    folder = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: folder {folder} does not exist")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: the file is not writable")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: folder {folder} is not writable")
+    return text
+
+
+def plot_file(text):
+    from .suites import plot
+    reason = plot.require_matplotlib()
+    if reason:
+        raise argparse.ArgumentTypeError(reason)
+    return writable_file(text)
+
+
+# ---- The parser ----------------------------------------------------------------------------------
+
+
+def build_parser():
+    # Model names only: importing workloads would import torch (seconds) for --help.
+    from .suites.models import ALL_MODELS, BENCH_MODELS, STRESS_MODELS
+
+    parser = OneLineParser(
+        prog=PROG, description="Thread-safety suites for MPS / mps_sim, and the runtime's "
+                               "counters. Each command has its own --help.")
+    commands = parser.add_subparsers(dest="suite", metavar="COMMAND", required=True,
+                                     parser_class=OneLineParser)
+
+    def common(sub, modes_default):
+        sub.set_defaults(command_parser=sub)  # for errors found after parsing
+        sub.add_argument("--device", choices=DEVICES, default=None,
+                         help="default: mps when available, else mps_sim")
+        sub.add_argument("--mode", action="append", choices=["on", "off", "unsafe"],
+                         help="repeatable. on: set_threadsafe(True); off: set_threadsafe(False), "
+                              "every thread on the shared stream; unsafe: off plus, on mps_sim, "
+                              "the runtime's protections off (upstream's behaviour). "
+                              f"Default: {modes_default}")
+        sub.add_argument("--quick", action="store_true", help="small sizes (CI)")
+        sub.add_argument("--json", metavar="PATH", type=writable_file,
+                         help="write the results, the machine and a machine-readable verdict")
+
+    story = commands.add_parser(
+        "story", help="can a model run from many threads, safely and faster? (pass/fail)",
+        description="The story block (2 transformer encoder layers, ff 1024, B=4) from 8 "
+                    "threads: thread safety (every output checked against the CPU), "
+                    "efficiency at 1/2/4/8 threads, batching vs threading, correctness. "
+                    "Exit status 0 when every check of mode 'on' passes.")
+    common(story, "unsafe then on")
+    story.add_argument("--min-efficiency", type=fraction, default=0.5, metavar="F",
+                       help="efficiency at 8 threads needed to pass (default 0.5); efficiency "
+                            "= speedup / ideal, ideal = min(8, cores) on mps_sim and cpu, 8 on "
+                            "mps")
+
+    bench = commands.add_parser(
+        "bench", help="throughput and latency per model, thread count and mode",
+        description="Each model at each thread count, each in its own subprocess: ops/s, "
+                    "speedup, efficiency and p50/p99 latency.")
+    common(bench, "on and off")
+    bench.add_argument("--models", type=model_list(ALL_MODELS), metavar="M[,M...]",
+                       help=f"default: {','.join(BENCH_MODELS)}; any of: {', '.join(ALL_MODELS)}")
+    bench.add_argument("--threads", type=positive_int_list, metavar="N[,N...]",
+                       help="thread counts (default 1,2,4,8; 1 is always run: the base of speedup)")
+    bench.add_argument("--plot", metavar="PATH", type=plot_file,
+                       help="PNG of ops/s (log) and efficiency against threads (needs matplotlib)")
+
+    stress = commands.add_parser(
+        "stress", help="rounds of every configuration for a duration; counts crashes",
+        description="Rounds of every mode x model x thread count, each in a subprocess, every "
+                    "output checked; each configuration at least once, then again until the "
+                    "duration has passed. Crashes are counted, never retried.")
+    common(stress, "on")
+    stress.add_argument("--models", type=model_list(ALL_MODELS), metavar="M[,M...]",
+                        help=f"default: {','.join(STRESS_MODELS)}; any of: {', '.join(ALL_MODELS)}")
+    stress.add_argument("--threads", type=positive_int_list, metavar="N[,N...]",
+                        help="thread counts (default 2,4,8)")
+    stress.add_argument("--duration", type=positive_seconds, metavar="SECONDS",
+                        help="seconds (default 300, --quick 20); every configuration runs at "
+                             "least once however short")
+
+    stats = commands.add_parser(
+        "stats", help="run a short threaded workload on mps_sim and summarize the counters",
+        description="Runs MODEL from N threads on mps_sim (thread safety on) and prints "
+                    "threadsafe_stats() as a short summary (docs/stats.md explains every key).")
+    stats.add_argument("--model", choices=ALL_MODELS, default="linear",
+                       help="the model (default linear)")
+    stats.add_argument("--threads", type=positive_int, default=4, metavar="N",
+                       help="threads (default 4)")
+    stats.add_argument("--iterations", type=positive_int, default=10, metavar="K",
+                       help="iterations per thread (default 10)")
+    stats.add_argument("--json", metavar="PATH", type=writable_file,
+                       help="also write the raw threadsafe_stats() dict")
+    return parser
 
 
 def default_device():
@@ -14,33 +199,17 @@ def main(argv=None):
     if argv[:1] == ["_round"]:
         from .suites import rounds
         return rounds.child_main(argv[1])
-    parser = argparse.ArgumentParser(prog="python -m mps_threadsafe",
-                                     description="Thread-safety suites for MPS / mps_sim.")
-    parser.add_argument("suite", choices=["story", "bench", "stress"])
-    parser.add_argument("--device", choices=["mps_sim", "mps", "cpu"], default=None,
-                        help="default: mps when available, else mps_sim")
-    parser.add_argument("--mode", action="append", choices=["on", "off", "unsafe"],
-                        help="repeatable. on: set_threadsafe(True); off: set_threadsafe(False); "
-                             "unsafe: off plus, on mps_sim, the runtime's protections off "
-                             "(upstream's behaviour). Defaults: story unsafe+on, bench on+off, "
-                             "stress on")
-    parser.add_argument("--quick", action="store_true", help="small sizes for CI")
-    parser.add_argument("--json", metavar="PATH")
-    parser.add_argument("--plot", metavar="PATH", help="bench: PNG of ops/s and efficiency")
-    parser.add_argument("--duration", type=float, help="stress: seconds (default 300, quick 20)")
-    parser.add_argument("--models", type=lambda v: v.split(","),
-                        help="bench/stress: comma-separated subset of the suite's models")
-    parser.add_argument("--threads", type=lambda v: tuple(int(n) for n in v.split(",")),
-                        help="bench/stress: comma-separated thread counts")
-    parser.add_argument("--min-efficiency", type=float, default=0.5,
-                        help="story: efficiency at 8 threads needed to pass (default 0.5)")
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.suite == "stats":
+        from .suites import stats
+        return stats.main(args)
     args.device = args.device or default_device()
     if args.device == "mps":
         import torch
         if not torch.backends.mps.is_available():
-            parser.error("device 'mps' is not available here (it needs macOS on Apple silicon); "
-                         "use --device mps_sim")
+            args.command_parser.error("device 'mps' is not available here (it needs macOS on Apple "
+                            "silicon); use --device mps_sim")
     if args.suite == "story":
         from .suites import story as suite
     elif args.suite == "bench":

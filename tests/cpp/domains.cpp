@@ -64,7 +64,7 @@ TEST_CASE("domains: concurrent lookups of one object agree on its domain", "[dom
   }
 }
 
-TEST_CASE("domains: a guard holds its domain; a disabled guard holds nothing", "[domains]") {
+TEST_CASE("domains: a guard holds its domain, and a disabled guard holds nothing", "[domains]") {
   SimRuntime env;
   auto layerNorm = env.rt().domains().forClass("layer_norm");
   auto gather = env.rt().domains().forClass("gatherViewTensor");

@@ -5,7 +5,7 @@
 
 namespace mpsts_test {
 
-TEST_CASE("events: record captures the stream's work; query and synchronize see it complete",
+TEST_CASE("events: record captures the stream's work, and query and synchronize see it complete",
           "[events]") {
   SimRuntime env;
   Stream& s = env.rt().stream(1);

@@ -2,8 +2,11 @@
 // a watchdog: a test still running after MPSTS_TEST_TIMEOUT_S seconds (default 120, 600 in
 // sanitizer builds) is reported by name and the process exits, so a deadlock fails the run
 // instead of hanging it.
-#define CATCH_CONFIG_MAIN
-#include <catch2/catch.hpp>
+//
+// The runner is our own main() (Catch::Session), the same for Catch2 v2 and v3: v2 needs
+// CATCH_CONFIG_RUNNER in this one file; v3 links Catch2::Catch2 without Catch2WithMain.
+#define CATCH_CONFIG_RUNNER
+#include "catch2_compat.h"
 
 #include <chrono>
 #include <condition_variable>
@@ -51,8 +54,14 @@ WatchdogState& watchdog() {
   return *state;
 }
 
-struct WatchdogListener : Catch::TestEventListenerBase {
-  using TestEventListenerBase::TestEventListenerBase;
+#if MPSTS_CATCH2_MAJOR >= 3
+using ListenerBase = Catch::EventListenerBase;
+#else
+using ListenerBase = Catch::TestEventListenerBase;
+#endif
+
+struct WatchdogListener : ListenerBase {
+  using ListenerBase::ListenerBase;
   void testCaseStarting(const Catch::TestCaseInfo& info) override {
     set(info.name);
   }
@@ -71,3 +80,7 @@ struct WatchdogListener : Catch::TestEventListenerBase {
 } // namespace
 
 CATCH_REGISTER_LISTENER(WatchdogListener)
+
+int main(int argc, char* argv[]) {
+  return Catch::Session().run(argc, argv);
+}

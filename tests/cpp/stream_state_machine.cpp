@@ -80,7 +80,7 @@ TEST_CASE("stream: SyncType::NONE leaves the batch open and uncommitted", "[stre
   REQUIRE(env.device().stats().kernelsExecuted == 1);
 }
 
-TEST_CASE("stream: SyncType::COMMIT submits the batch; commitAndContinue keeps the buffer",
+TEST_CASE("stream: SyncType::COMMIT submits the batch, and commitAndContinue keeps the buffer",
           "[stream][sync]") {
   const bool commitAndContinue = GENERATE(true, false);
   CAPTURE(commitAndContinue);

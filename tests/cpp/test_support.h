@@ -19,7 +19,7 @@
 #include <utility>
 #include <vector>
 
-#include <catch2/catch.hpp>
+#include "catch2_compat.h"
 
 #include "aten_mps/errors.h"
 #include "aten_mps/events.h"

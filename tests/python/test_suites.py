@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from mps_threadsafe.suites import rounds
 from mps_threadsafe.suites.device import Device
 from mps_threadsafe.suites.threads import run_threads
@@ -46,22 +48,54 @@ def test_story_cli_quick(tmp_path):
     data = json.loads(out.read_text())
     on = data["results"][0]
     checks = on["verdict"]["checks"]
-    # Every check but the speedup one, which needs idle cores a shared CI runner may not have
-    # (the exit status and the device-machine runs hold that one).
-    for name, ok in checks.items():
-        if not name.startswith("speedup"):
-            assert ok, (name, proc.stdout[-3000:])
+    # Every check but efficiency, which needs idle cores a shared CI runner may not have (the
+    # exit status and the device-machine runs hold that one).
+    for key, check in checks.items():
+        if key != "efficiency_8_threads":
+            assert check["passed"], (key, check, proc.stdout[-3000:])
     assert on["verdict"]["violations"] == 0 and on["verdict"]["crashes"] == 0
-    assert any(name.startswith("speedup") for name in checks)
+    # The verdict's efficiency is the efficiency column's (Note [Efficiency]).
+    assert checks["efficiency_8_threads"]["value"] == on["efficiency"]["8"]["efficiency"]
+    assert data["verdict"]["by_mode"] == {"on": on["verdict"]["passed"]}
+    assert_run_metadata(data, device="mps_sim", quick=True)
+
+
+def assert_run_metadata(data, device, quick):
+    import platform
+
+    import torch
+    assert data["device"] == device and data["quick"] is quick
+    assert data["torch"] == torch.__version__
+    assert data["python"] == platform.python_version()
+    assert data["machine"]["arch"] == platform.machine()
+    assert isinstance(data["cores"], int) and data["cores"] >= 1
+    assert "commit" in data  # None outside a git checkout
+    assert data["time_utc"].endswith("+00:00")
+    assert isinstance(data["verdict"]["passed"], bool)
 
 
 def test_bench_and_stress_cli_quick(tmp_path):
     proc = cli("bench", "--device", "mps_sim", "--quick", "--models", "linear", "--threads", "1,2",
                "--mode", "on", "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    data = json.loads((tmp_path / "b.json").read_text())
+    rows = data["results"]
     assert {(r["threads"], r["outcome"]) for r in rows} == {(1, "ok"), (2, "ok")}
+    for r in rows:  # one definition: efficiency = speedup / ideal
+        assert r["efficiency"] == pytest.approx(r["speedup"] / r["ideal"])
+    assert_run_metadata(data, device="mps_sim", quick=True)
+    assert data["verdict"] == {"passed": True, "on_rounds": 2, "on_rounds_failed": 0}
+    assert (tmp_path / "b.png").stat().st_size > 10_000
+    assert "| model" in proc.stdout and "None" not in proc.stdout
+
+    # Two models x one thread count in 1 s: every configuration still runs (--duration is a
+    # minimum for the first pass, never a reason to skip one).
     proc = cli("stress", "--device", "mps_sim", "--quick", "--models", "linear,matmul_512",
                "--threads", "2", "--duration", "1", "--json", str(tmp_path / "s.json"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "crash rate" in proc.stdout
+    assert "crash rate" in proc.stdout and "all 2 configurations" in proc.stdout
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert {(r["model"], r["threads"]) for r in data["results"]} == {("linear", 2), ("matmul_512", 2)}
+    assert data["verdict"]["passed"] is True
+    assert data["verdict"]["by_mode"]["on"]["crashed"] == 0
+    assert_run_metadata(data, device="mps_sim", quick=True)

@@ -11,6 +11,7 @@ Where the old suites went wrong, and what this does instead:
 - with `check`, every output is copied to the CPU and compared with the CPU reference.
 """
 
+import statistics
 import threading
 import time
 
@@ -20,11 +21,13 @@ from . import workloads
 
 
 def percentile(values, q):
+    """The q-th percentile (1..99) by linear interpolation between samples (statistics'
+    "inclusive" method, numpy's default); None with no samples."""
     if not values:
-        return 0.0
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, int(round(q / 100.0 * (len(ordered) - 1)))))
-    return ordered[index]
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def run_threads(device, model_name, threads, iterations, batch=None, check=False,
@@ -116,13 +119,17 @@ def run_threads(device, model_name, threads, iterations, batch=None, check=False
         "expected": threads * iterations, "completed": done, "errors": results["errors"],
         "error_count": len(results["errors"]) + hung, "wrong": results["wrong"],
         "max_abs_diff": results["max_abs_diff"] if check else None,
-        "wall_s": wall, "ops_per_s": done / wall if wall > 0 else 0.0,
-        "samples_per_s": done * batch / wall if wall > 0 else 0.0,
-        "p50_ms": percentile(results["latencies"], 50) * 1e3,
-        "p99_ms": percentile(results["latencies"], 99) * 1e3,
+        "wall_s": wall, "ops_per_s": done / wall if wall > 0 else None,
+        "samples_per_s": done * batch / wall if wall > 0 else None,
+        "p50_ms": _ms(percentile(results["latencies"], 50)),
+        "p99_ms": _ms(percentile(results["latencies"], 99)),
         "streams_used": sorted(set(results["streams"])),
         "max_active_streams": stats.get("max_active_streams"),
         "violations": stats.get("sim", {}).get("violations"),
         "contract_violations": stats.get("contract_violations"),
         "domain_waits": {d["name"]: d["waits"] for d in stats.get("domains", [])},
     }
+
+
+def _ms(seconds):
+    return None if seconds is None else seconds * 1e3

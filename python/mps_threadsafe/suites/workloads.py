@@ -5,6 +5,8 @@ import copy
 import torch
 from torch import nn
 
+from .models import ALL_MODELS, BENCH_MODELS, STRESS_MODELS  # noqa: F401  (re-exported)
+
 
 class Matmul(nn.Module):
     """x @ W with a fixed 512x512 weight (the stress suite's raw matmul)."""
@@ -42,8 +44,7 @@ MODELS = {
                           lambda b, q: (b, 32 if q else 128, 512), 4),
 }
 
-BENCH_MODELS = ("linear", "mlp", "transformer")
-STRESS_MODELS = ("linear", "mlp", "transformer", "linear_256", "matmul_512", "transformer_6x512")
+assert tuple(MODELS) == ALL_MODELS, "models.py and workloads.py must name the same models"
 
 
 def build(name, quick=False, seed=0):
