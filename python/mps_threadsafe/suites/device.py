@@ -6,6 +6,8 @@ Modes (Note [What "off" means] in mps_threadsafe/mps_sim.py):
 - "on":     set_threadsafe(True): each thread encodes on its own stream; protections on.
 - "off":    set_threadsafe(False): upstream's policy, every thread on the default stream;
             on mps_sim the runtime's protections stay on (safe, serialized).
+- "lock":   "off" plus one process-wide Python lock held around each model call and the read
+            of its result (threads.py): what users do today to stay safe.
 - "unsafe": set_threadsafe(False) and, on mps_sim, every protection off: what upstream
             PyTorch does on MPS. On real MPS this is simply set_threadsafe(False) (an
             unpatched torch has no protections to switch off).
@@ -13,7 +15,7 @@ Modes (Note [What "off" means] in mps_threadsafe/mps_sim.py):
 
 import torch
 
-MODES = ("on", "off", "unsafe")
+MODES = ("on", "off", "lock", "unsafe")
 
 
 class Device:
