@@ -61,9 +61,10 @@ void SimDevice::State::awaitContender(RacePoint point, FunctionRef<bool()> conte
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
   while (!contended()) {
-    // Switching the meeting off releases the threads waiting in it.
-    if (raceMeetingUs[static_cast<size_t>(point)].load(std::memory_order_relaxed) == 0 ||
-        std::chrono::steady_clock::now() >= deadline) {
+    if (raceMeetingUs[static_cast<size_t>(point)].load(std::memory_order_relaxed) == 0) {
+      return; // switched off: releases the threads waiting in a meeting
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
       bump(counters.raceMeetingTimeouts);
       return;
     }

@@ -112,7 +112,7 @@ def test_empty_cache_returns_every_free_list_to_the_host():
         z = torch.ones(3000, device=DEVICE)  # moves x's block to `s`'s own free list
     s.synchronize()
     cached = torch.mps_sim.threadsafe_stats()["allocator"]
-X
+    assert cached["cached_bytes"] >= 4096, cached  # x's block, in `s`'s list
     torch.mps_sim.empty_cache()
     after = torch.mps_sim.threadsafe_stats()["allocator"]
     assert after["cached_bytes"] == 0, after

@@ -37,10 +37,16 @@ def test_model_moved_on_main_thread_runs_from_8_workers():
         expected = [model(x) for x in inputs]
     model = model.to(DEVICE)  # weights uploaded on the main thread's stream
     results = [None] * 8
+    all_bound = threading.Barrier(8)
+    stream_ids = []
 
     def work(i):
         with torch.no_grad():
             x = inputs[i].to(DEVICE)
+            # Every thread holds its pool stream before any runs the model, so the 8 run on
+            # 8 streams whatever the scheduler does.
+            all_bound.wait(120)
+            stream_ids.append(torch.mps_sim.current_stream().stream_id)
             for _ in range(3):
                 results[i] = model(x).cpu()
     errors = run_in_threads(8, work)
@@ -48,6 +54,7 @@ def test_model_moved_on_main_thread_runs_from_8_workers():
     for got, exp in zip(results, expected):
         torch.testing.assert_close(got, exp, atol=1e-4, rtol=1e-4)
     stats = sim_stats()
+    assert len(set(stream_ids)) == 8 and 0 not in stream_ids  # 8 pool streams at once
     assert stats["max_active_streams"] > 1
     assert stats["contract_violations"] == 0 and stats["sim"]["violations"] == 0
 
