@@ -194,10 +194,12 @@ TEST_CASE("sim rule: an encoder used by two threads at once is a violation",
     std::vector<Kind> kinds = race(encode, encode, 1);
     REQUIRE(kinds.size() == 1);
     REQUIRE(sim.device.stats().raceMeetings == 1);
+    REQUIRE(sim.device.stats().raceMeetingTimeouts == 0);
     for (Kind kind : kinds) {
       REQUIRE(kind == Kind::ConcurrentUse);
     }
     REQUIRE(sim.device.stats().violations >= 1);
+    sim.device.setRaceMeeting(sim::RacePoint::EncoderCall, 0); // endEncoding has no contender
     encoder->endEncoding();
   }
   SECTION("two encoders of two command buffers, two threads: no violation") {
@@ -232,6 +234,7 @@ TEST_CASE("sim rule: a command buffer used by two threads at once is a violation
     std::vector<Kind> kinds = race(signal, signal, 1);
     REQUIRE(kinds.size() == 1);
     REQUIRE(sim.device.stats().raceMeetings == 1);
+    REQUIRE(sim.device.stats().raceMeetingTimeouts == 0);
     for (Kind kind : kinds) {
       REQUIRE(kind == Kind::ConcurrentUse);
     }
@@ -264,6 +267,7 @@ TEST_CASE("sim rule: a shared object encoded by two threads at once is a violati
                                    [&] { sim::simEncoder(*encoderB).dispatchWith(graph, [] {}); }, 1);
     REQUIRE(kinds.size() == 1);
     REQUIRE(sim.device.stats().raceMeetings == 1);
+    REQUIRE(sim.device.stats().raceMeetingTimeouts == 0);
     for (Kind kind : kinds) {
       REQUIRE(kind == Kind::ConcurrentUse);
     }
