@@ -101,6 +101,7 @@ def run_threads(device, model_name, threads, iterations, batch=None, check=False
             return
         try:
             if barrier.wait() == 0:
+                device.arm_race_meetings()
                 clock["start"] = time.perf_counter()
         except threading.BrokenBarrierError:
             return
