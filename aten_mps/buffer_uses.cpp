@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <functional>
 
+#include "schedule.h"
+
 namespace at::mps::threadsafe {
 
 namespace {
@@ -90,6 +92,7 @@ bool PendingFrees::passed(const StreamUse& use, const Stream* requester) {
 }
 
 bool PendingFrees::add(void* buffer, std::vector<StreamUse> uses) {
+  racePoint(SchedulePoint::PendingFreesAdd);
   const bool deferred = std::any_of(uses.begin(), uses.end(),
                                     [](const StreamUse& use) { return !passed(use, nullptr); });
   if (deferred) {
@@ -101,6 +104,7 @@ bool PendingFrees::add(void* buffer, std::vector<StreamUse> uses) {
 }
 
 std::vector<void*> PendingFrees::takeReusable(const Stream* requester) {
+  racePoint(SchedulePoint::PendingFreesTake);
   std::vector<void*> reusable;
   std::lock_guard<std::mutex> lock(mutex_);
   auto stillPending = std::stable_partition(entries_.begin(), entries_.end(), [&](const Entry& entry) {

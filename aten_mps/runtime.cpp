@@ -5,6 +5,7 @@
 
 #include "errors.h"
 #include "events.h"
+#include "schedule.h"
 
 namespace at::mps::threadsafe {
 
@@ -159,7 +160,9 @@ Stream& Runtime::currentStream() {
   if (binding.explicitStream != nullptr) {
     return *binding.explicitStream;
   }
-  if (!threadsafe()) {
+  const bool threadsafeNow = threadsafe();
+  racePoint(SchedulePoint::PolicyRead);
+  if (!threadsafeNow) {
     return defaultStream();
   }
   if (binding.bound != nullptr) {
@@ -213,6 +216,7 @@ void Runtime::releaseThreadStream() {
 }
 
 void Runtime::unbind(Stream& stream) noexcept {
+  racePoint(SchedulePoint::ThreadUnbind);
   try {
     // The thread's open batch is committed, never dropped; a GPU error in it is reported by
     // the next synchronize that covers this stream.
@@ -247,6 +251,7 @@ void Runtime::setThreadsafe(bool on) {
   for (Stream* stream : createdStreams()) {
     stream->waitCompleted(stream->submittedBatch());
   }
+  racePoint(SchedulePoint::SetThreadsafe);
   threadsafe_.store(on, std::memory_order_release);
 }
 
@@ -284,6 +289,7 @@ void Runtime::synchronizeDevice() {
   if (mine != nullptr) {
     runOnQueue(*mine, [&] { mine->synchronize(SyncType::COMMIT); });
   }
+  racePoint(SchedulePoint::DeviceSynchronize);
   const std::vector<Stream*> streams = createdStreams();
   for (Stream* stream : streams) {
     stream->waitCompleted(stream->submittedBatch());

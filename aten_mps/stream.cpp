@@ -6,6 +6,7 @@
 #include "domains.h"
 #include "errors.h"
 #include "runtime.h"
+#include "schedule.h"
 
 namespace at::mps::threadsafe {
 
@@ -89,6 +90,7 @@ void Stream::dispatch(FunctionRef<void()> fn) {
                            "queue, never around it (Note [Domain lock order])");
   }
   counters_.dispatches.add();
+  racePoint(SchedulePoint::DispatchEnter);
   auto body = [&] {
     InsideScope inside(*this, runtime_.counters());
     try {
@@ -102,6 +104,7 @@ void Stream::dispatch(FunctionRef<void()> fn) {
       }
       throw;
     }
+    racePoint(SchedulePoint::DispatchExit);
     serveCloseRequests();
   };
   if (!runtime_.protections().serialQueue) {
@@ -221,6 +224,7 @@ void Stream::commitBatch(bool keepCommandBufferOpen) {
   }
   const uint64_t batch = openBatch_.load(std::memory_order_relaxed);
   CommandBuffer& buffer = *commandBuffer_;
+  racePoint(SchedulePoint::CommitSignal);
   buffer.encodeSignalEvent(*timeline_, batch);
   buffer.addCompletedHandler([this, batch](CommandBufferStatus status, const std::string& error) {
     onBatchCompleted(batch, status, error);
@@ -231,7 +235,9 @@ void Stream::commitBatch(bool keepCommandBufferOpen) {
     buffer.commit();
     commandBuffer_.reset();
   }
+  racePoint(SchedulePoint::CommitSubmitted);
   uncommittedWork_.store(false, std::memory_order_release);
+  racePoint(SchedulePoint::CommitPublish);
   counters_.commandBuffersSubmitted.add();
   {
     // Notify under the lock: a woken waiter may go on to destroy the runtime, and with it
@@ -250,6 +256,7 @@ void Stream::commitAndWait() {
 }
 
 void Stream::onBatchCompleted(uint64_t batch, CommandBufferStatus status, const std::string& error) {
+  racePoint(SchedulePoint::CompletionHandler);
   {
     std::lock_guard<std::mutex> lock(progressMutex_);
     if (status == CommandBufferStatus::Error) {
@@ -286,6 +293,7 @@ void Stream::rethrowGpuError() {
     error.swap(gpuError_);
   }
   if (!error.empty()) {
+    racePoint(SchedulePoint::ErrorDelivery);
     throw CommandBufferError(error);
   }
 }
@@ -305,10 +313,12 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
   thread_local std::vector<StreamUse> dependencies;
   dependencies.clear();
   runtime_.bufferUses().dependencies(*this, uses, count, dependencies);
+  racePoint(SchedulePoint::BufferDependencies);
   for (const StreamUse& dependency : dependencies) {
     waitForStream(*dependency.stream, dependency.batch);
   }
   // After the waits: serving a close request meanwhile may have moved our open batch on.
+  racePoint(SchedulePoint::BufferRecord);
   runtime_.bufferUses().record(*this, uses, count, openBatch());
 }
 
@@ -349,6 +359,7 @@ void Stream::waitForStream(Stream& other, uint64_t batch) {
 void Stream::ensureSubmitted(Stream& other, uint64_t batch) {
   other.requestClose(batch);
   while (other.submittedBatch() < batch) {
+    racePoint(SchedulePoint::EnsureSubmitted);
     const bool served = other.executor().tryDispatchSync([&] {
       InsideScope inside(other, runtime_.counters());
       other.serveCloseRequests();
@@ -364,10 +375,12 @@ void Stream::ensureSubmitted(Stream& other, uint64_t batch) {
 }
 
 void Stream::requestClose(uint64_t batch) {
+  racePoint(SchedulePoint::CloseRequest);
   raiseToAtLeast(closeRequestedUpTo_, batch);
 }
 
 void Stream::serveCloseRequests() {
+  racePoint(SchedulePoint::CloseRequest);
   if (closeRequestedUpTo_.load(std::memory_order_acquire) < openBatch() ||
       leaseOut_.load(std::memory_order_acquire)) {
     return;
