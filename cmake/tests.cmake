@@ -31,7 +31,7 @@ if(NOT EXISTS "${_mpsts_test_main}")
 endif()
 
 add_executable(runtime_tests ${MPSTS_TEST_SOURCES})
-target_link_libraries(runtime_tests PRIVATE mps_threadsafe_runtime Catch2::Catch2)
+target_link_libraries(runtime_tests PRIVATE mps_threadsafe_runtime mpsts_exploration Catch2::Catch2)
 target_include_directories(runtime_tests PRIVATE "${MPSTS_ROOT}/tests/cpp")
 set_target_properties(runtime_tests PROPERTIES CXX_EXTENSIONS OFF)
 mpsts_target_warnings(runtime_tests)
