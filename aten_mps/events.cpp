@@ -77,9 +77,8 @@ void waitStream(Stream& waiter, Stream& producer) {
   runOnQueue(waiter, [&] {
     // Work the producer has encoded but not committed counts too (as in CUDA, where every
     // launched kernel is enqueued); waitForStream gets that batch closed first.
-    const bool uncommitted = producer.hasUncommittedWork();
+    const uint64_t batch = producer.batchOfLatestWork();
     racePoint(SchedulePoint::WaitStreamRead);
-    const uint64_t batch = uncommitted ? producer.openBatch() : producer.submittedBatch();
     waiter.waitForStream(producer, batch);
   });
 }

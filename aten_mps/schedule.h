@@ -39,7 +39,7 @@ enum class SchedulePoint : uint8_t {
   DispatchExit, // Stream::dispatch, the body done, before close requests are served
   CommitSignal, // commitBatch, before the timeline signal is encoded
   CommitSubmitted, // commitBatch, after commit/commitAndContinue, before the stores
-  CommitPublish, // commitBatch, between clearing uncommittedWork and publishing the batch
+  CommitPublish, // commitBatch, committed, before the new batch state is published
   CloseRequest, // requestClose / serveCloseRequests
   EnsureSubmitted, // ensureSubmitted, each turn of its loop
   WaitStreamRead, // waitStream, between reading hasUncommittedWork and the batch number

@@ -7,8 +7,11 @@
 #include "errors.h"
 #include "runtime.h"
 #include "schedule.h"
+#include "test_hooks.h"
 
 namespace at::mps::threadsafe {
+
+std::atomic<const TestHookFn*> test_hooks::gHook{nullptr};
 
 namespace {
 
@@ -140,7 +143,7 @@ CommandBuffer& Stream::commandBuffer() {
     commandBuffer_ = queue_->makeCommandBuffer();
   }
   // Callers may encode straight into the buffer (MPSGraph does), so it counts as work.
-  uncommittedWork_.store(true, std::memory_order_release);
+  markUncommittedWork();
   return *commandBuffer_;
 }
 
@@ -152,7 +155,7 @@ ComputeEncoder& Stream::commandEncoder() {
     encoder_ = commandBuffer().makeComputeEncoder();
     counters_.encodersCreated.add();
   }
-  uncommittedWork_.store(true, std::memory_order_release);
+  markUncommittedWork();
   return *encoder_;
 }
 
@@ -175,7 +178,7 @@ void Stream::endLease() noexcept {
 void Stream::noteEncodedOp() {
   requireOnQueue("noteEncodedOp()");
   counters_.opsEncoded.add();
-  uncommittedWork_.store(true, std::memory_order_release);
+  markUncommittedWork();
 }
 
 void Stream::endKernelCoalescing() {
@@ -219,10 +222,10 @@ void Stream::commitBatch(bool keepCommandBufferOpen) {
   if (!commandBuffer_) {
     return;
   }
-  if (keepCommandBufferOpen && !uncommittedWork_.load(std::memory_order_acquire)) {
+  if (keepCommandBufferOpen && !hasUncommittedWork()) {
     return;
   }
-  const uint64_t batch = openBatch_.load(std::memory_order_relaxed);
+  const uint64_t batch = openBatch();
   CommandBuffer& buffer = *commandBuffer_;
   racePoint(SchedulePoint::CommitSignal);
   buffer.encodeSignalEvent(*timeline_, batch);
@@ -236,15 +239,15 @@ void Stream::commitBatch(bool keepCommandBufferOpen) {
     commandBuffer_.reset();
   }
   racePoint(SchedulePoint::CommitSubmitted);
-  uncommittedWork_.store(false, std::memory_order_release);
-  racePoint(SchedulePoint::CommitPublish);
   counters_.commandBuffersSubmitted.add();
+  testHook(TestHook::CommitBeforePublish, this);
+  racePoint(SchedulePoint::CommitPublish);
   {
     // Notify under the lock: a woken waiter may go on to destroy the runtime, and with it
-    // this condition variable.
+    // this condition variable. One store publishes "batch submitted, next one open and
+    // empty" (Note [Batch state is one word]).
     std::lock_guard<std::mutex> lock(progressMutex_);
-    submittedBatch_.store(batch, std::memory_order_release);
-    openBatch_.store(batch + 1, std::memory_order_release);
+    batchState_.store((batch + 1) << 1, std::memory_order_release);
     progressCv_.notify_all();
   }
 }

@@ -101,12 +101,12 @@ class Stream {
   void noteEncodedOp();
   // The batch the work encoded now will belong to.
   uint64_t openBatch() const {
-    return openBatch_.load(std::memory_order_acquire);
+    return batchState_.load(std::memory_order_acquire) >> 1;
   }
 
   // ---- Any thread -----------------------------------------------------------------------
   uint64_t submittedBatch() const {
-    return submittedBatch_.load(std::memory_order_acquire);
+    return (batchState_.load(std::memory_order_acquire) >> 1) - 1;
   }
   uint64_t completedBatch() const {
     return completedBatch_.load(std::memory_order_acquire);
@@ -115,7 +115,14 @@ class Stream {
   void waitCompleted(uint64_t batch);
   // Whether the stream holds encoded work that no commit has submitted yet.
   bool hasUncommittedWork() const {
-    return uncommittedWork_.load(std::memory_order_acquire);
+    return (batchState_.load(std::memory_order_acquire) & 1) != 0;
+  }
+  // The batch holding the latest work encoded on this stream: the open batch if it holds
+  // work, else the last submitted one (0: none). One load, so never stale (Note [Batch
+  // state is one word]); use it instead of combining the three accessors above.
+  uint64_t batchOfLatestWork() const {
+    const uint64_t state = batchState_.load(std::memory_order_acquire);
+    return (state >> 1) - ((state & 1) != 0 ? 0 : 1);
   }
   bool leaseOut() const {
     return leaseOut_.load(std::memory_order_acquire);
@@ -155,6 +162,9 @@ class Stream {
   void ensureSubmitted(Stream& other, uint64_t batch);
   void onBatchCompleted(uint64_t batch, CommandBufferStatus status, const std::string& error);
   void endLease() noexcept;
+  void markUncommittedWork() {
+    batchState_.fetch_or(1, std::memory_order_acq_rel);
+  }
 
   Runtime& runtime_;
   const int id_;
@@ -168,11 +178,16 @@ class Stream {
   std::vector<uint64_t> waitedUpTo_; // per other stream id: highest batch already waited for
 
   // Any-thread state.
-  std::atomic<uint64_t> openBatch_{1};
-  std::atomic<uint64_t> submittedBatch_{0};
+  // Note [Batch state is one word]
+  // The open batch and whether it holds work, as openBatch * 2 + hasWork; the submitted batch
+  // is always openBatch - 1. Kept in one atomic so a reader never combines the flag of one
+  // moment with the number of another: with them in separate atomics, a commit that cleared
+  // the flag before publishing the new number let a reader of "the batch of the latest work"
+  // get N - 1 while that work was in batch N (issue 8.5), and an allocator on it reuse a
+  // buffer batch N still reads. Only the thread inside the queue writes it.
+  std::atomic<uint64_t> batchState_{2};
   std::atomic<uint64_t> completedBatch_{0};
   std::atomic<uint64_t> closeRequestedUpTo_{0};
-  std::atomic<bool> uncommittedWork_{false};
   std::atomic<bool> leaseOut_{false};
   std::atomic<int> owners_{0};
   std::mutex progressMutex_; // guards the two waits below and gpuError_

@@ -108,7 +108,7 @@ class SimGuardImpl final : public c10::impl::DeviceGuardImplInterface {
 
   bool queryStream(const c10::Stream& s) const override {
     ts::Stream& stream = runtimeStream(s);
-    return !stream.hasUncommittedWork() && stream.completedBatch() >= stream.submittedBatch();
+    return stream.completedBatch() >= stream.batchOfLatestWork();
   }
   void synchronizeStream(const c10::Stream& s) const override {
     // Through an event: commits the stream's open batch on its queue, then waits on the CPU.
