@@ -3,7 +3,7 @@
 // aten_mps/schedule.h), each checked against a sequential reference and the counters.
 // Needs only CMake and a C++20 compiler (no Catch2): configure with -DBUILD_TESTING=OFF.
 //
-//   soak explore [--seeds N] [--seed-base B]       every pair of ops x N seeds (2 threads)
+//   soak explore [--seeds N] [--seed-base B] [--only OP]   every pair of ops x N seeds (2 threads)
 //   soak soak [--threads 8] [--rounds R | --minutes M] [--seed-base B]
 //                                                   random N-thread rounds; RSS start/mid/end
 //   soak replay --seed S --ops A,B[,...] [--partners i,j,...] [--repeat K]
@@ -32,7 +32,8 @@ using mpsts::tools::CliArgs;
 
 const char* kUsage =
     "usage: soak explore|soak|replay [options]\n"
-    "  explore   every unordered pair of ops (2 threads), --seeds N each (default 20)\n"
+    "  explore   every unordered pair of ops (2 threads), --seeds N each (default 20);\n"
+    "            --only OP: only the pairs with OP\n"
     "  soak      random rounds of --threads N ops (default 8), --rounds R (default 12500,\n"
     "            i.e. 100,000 op-rounds on 8 threads) or --minutes M (runs until then)\n"
     "  replay    one round: --seed S --ops A,B,... [--partners i,j,...] [--repeat K]\n"
@@ -130,8 +131,19 @@ int main(int argc, char** argv) {
 
   if (mode == "explore") {
     const long seeds = args.integer("--seeds", 20, 1, 1000000);
+    const std::string only = args.text("--only", "");
     args.finish();
-    const auto pairs = allPairs();
+    Op onlyOp = Op::kCount;
+    if (!only.empty() && !parseOp(only, onlyOp)) {
+      std::fprintf(stderr, "unknown op '%s'\n", only.c_str());
+      return 2;
+    }
+    auto pairs = allPairs();
+    if (onlyOp != Op::kCount) {
+      std::erase_if(pairs, [&](const auto& pair) {
+        return pair.first != onlyOp && pair.second != onlyOp;
+      });
+    }
     std::printf("%zu pairs x %ld seeds (seeds %llu..%llu)\n", pairs.size(), seeds,
                 static_cast<unsigned long long>(seedBase),
                 static_cast<unsigned long long>(seedBase + static_cast<uint64_t>(seeds) - 1));
