@@ -896,7 +896,7 @@ std::string describe(const RoundSpec& spec) {
 }
 
 std::string replayCommand(const RoundSpec& spec) {
-  std::string text = "build/release/tools/soak replay --seed " + std::to_string(spec.seed) + " --ops ";
+  std::string text = "soak replay --seed " + std::to_string(spec.seed) + " --ops ";
   for (size_t i = 0; i < spec.ops.size(); ++i) {
     if (i > 0) {
       text += ',';
