@@ -18,6 +18,13 @@ void addLatestPerStream(std::vector<StreamUse>& uses, StreamUse use) {
   }
   uses.push_back(use);
 }
+
+// Whether `ordered` holds a use on the same stream at the same batch or later.
+bool covers(const std::vector<StreamUse>& ordered, const StreamUse& use) {
+  return std::any_of(ordered.begin(), ordered.end(), [&](const StreamUse& o) {
+    return o.stream == use.stream && o.batch >= use.batch;
+  });
+}
 } // namespace
 
 BufferUseTracker::Shard& BufferUseTracker::shardOf(const void* buffer) const {
@@ -26,25 +33,63 @@ BufferUseTracker::Shard& BufferUseTracker::shardOf(const void* buffer) const {
   return shards_[hash % kShards];
 }
 
+void BufferUseTracker::dependenciesOf(const History& history, const Stream& self,
+                                      BufferUse::Access access, std::vector<StreamUse>& out) {
+  for (const StreamUse& write : history.writes) {
+    if (write.stream != &self) {
+      addLatestPerStream(out, write);
+    }
+  }
+  if (access == BufferUse::Access::Write) {
+    for (const StreamUse& read : history.reads) {
+      if (read.stream != &self) {
+        addLatestPerStream(out, read);
+      }
+    }
+  }
+}
+
 void BufferUseTracker::dependencies(const Stream& self, const BufferUse* uses, size_t count,
                                     std::vector<StreamUse>& out) const {
   for (size_t i = 0; i < count; ++i) {
     const Shard& shard = shardOf(uses[i].buffer);
     std::lock_guard<std::mutex> lock(shard.mutex);
     auto it = shard.buffers.find(uses[i].buffer);
-    if (it == shard.buffers.end()) {
-      continue;
+    if (it != shard.buffers.end()) {
+      dependenciesOf(it->second, self, uses[i].access, out);
     }
-    const History& history = it->second;
-    if (history.lastWrite.stream != nullptr && history.lastWrite.stream != &self) {
-      addLatestPerStream(out, history.lastWrite);
-    }
+  }
+}
+
+void BufferUseTracker::dependOnAndRecord(Stream& self, const BufferUse* uses, size_t count,
+                                         uint64_t batch, std::vector<StreamUse>& out) {
+  for (size_t i = 0; i < count; ++i) {
+    Shard& shard = shardOf(uses[i].buffer);
+    std::lock_guard<std::mutex> lock(shard.mutex);
+    History& history = shard.buffers[uses[i].buffer];
+    dependenciesOf(history, self, uses[i].access, out);
+    addLatestPerStream(uses[i].access == BufferUse::Access::Write ? history.writes : history.reads,
+                       {&self, batch});
+  }
+}
+
+void BufferUseTracker::settle(Stream& self, const BufferUse* uses, size_t count, uint64_t batch,
+                              const std::vector<StreamUse>& waited) {
+  for (size_t i = 0; i < count; ++i) {
+    Shard& shard = shardOf(uses[i].buffer);
+    std::lock_guard<std::mutex> lock(shard.mutex);
+    History& history = shard.buffers[uses[i].buffer];
     if (uses[i].access == BufferUse::Access::Write) {
-      for (const StreamUse& read : history.readsSinceWrite) {
-        if (read.stream != &self) {
-          addLatestPerStream(out, read);
-        }
-      }
+      // The ordering point: what this write waited for, and this stream's earlier uses (its
+      // queue orders them), are before it; uses recorded meanwhile on other streams are not.
+      auto orderedBefore = [&](const StreamUse& use) {
+        return use.stream == &self || covers(waited, use);
+      };
+      std::erase_if(history.writes, orderedBefore);
+      std::erase_if(history.reads, orderedBefore);
+      history.writes.push_back({&self, batch});
+    } else {
+      addLatestPerStream(history.reads, {&self, batch});
     }
   }
 }
@@ -54,12 +99,8 @@ void BufferUseTracker::record(Stream& self, const BufferUse* uses, size_t count,
     Shard& shard = shardOf(uses[i].buffer);
     std::lock_guard<std::mutex> lock(shard.mutex);
     History& history = shard.buffers[uses[i].buffer];
-    if (uses[i].access == BufferUse::Access::Write) {
-      history.lastWrite = {&self, batch};
-      history.readsSinceWrite.clear();
-    } else {
-      addLatestPerStream(history.readsSinceWrite, {&self, batch});
-    }
+    addLatestPerStream(uses[i].access == BufferUse::Access::Write ? history.writes : history.reads,
+                       {&self, batch});
   }
 }
 
@@ -70,9 +111,9 @@ std::vector<StreamUse> BufferUseTracker::release(const void* buffer) {
   if (it == shard.buffers.end()) {
     return {};
   }
-  std::vector<StreamUse> uses = std::move(it->second.readsSinceWrite);
-  if (it->second.lastWrite.stream != nullptr) {
-    addLatestPerStream(uses, it->second.lastWrite);
+  std::vector<StreamUse> uses = std::move(it->second.reads);
+  for (const StreamUse& write : it->second.writes) {
+    addLatestPerStream(uses, write);
   }
   shard.buffers.erase(it);
   return uses;

@@ -3,8 +3,8 @@
 // Which streams used which buffer, and in which batch (Note [Batches and the timeline]).
 //
 // Two users:
-// - cross-stream ordering (Stream::useBuffers): a read waits for the last write made on
-//   another stream; a write also waits for the reads made since on other streams. This is what
+// - cross-stream ordering (Stream::useBuffers): a read waits for the writes made on other
+//   streams; a write also waits for the reads made since on other streams. This is what
 //   makes a model moved to the device on one thread and run on others, or a result produced on
 //   one thread and consumed on another, correct without user synchronization;
 // - the allocator (PendingFrees): a freed buffer goes back to the pool only once every stream
@@ -17,6 +17,24 @@
 // ordered after it on the GPU. Two threads encoding uses of one buffer at the same moment,
 // with at least one writing, is a data race in the program, as it is with CUDA streams; the
 // tracker then orders them in some order, or not at all.
+//
+// Note [Unordered writes are a set]
+// A buffer's history holds every write (and every read) since the last ordering point, at
+// most one per stream (its latest batch), not a single "last write": eight threads filling
+// disjoint rows of one preallocated tensor write the same buffer from eight streams, and the
+// reader after join() must wait for all eight (issue 8.1; with one `lastWrite` the writers
+// overwrote each other's record and the reader waited for one of them). A use is handled in
+// two steps, each atomic per buffer under its shard lock:
+// 1. dependOnAndRecord: read the uses this one must wait for (a read: the writes on other
+//    streams; a write: the writes and reads on other streams) and record this use in the open
+//    batch, in the same critical section. So of two uses of a buffer, the later one always
+//    sees the earlier one; no use is lost between "read the history" and "record".
+// 2. settle, once the GPU waits are encoded (they may have committed our batch: Note [Closing
+//    a batch on request]): raise this use to the batch it is really encoded in, and for a
+//    write, drop the uses it now waits for: they are ordered before it (the ordering point),
+//    and whoever orders after this write orders after them. Uses recorded meanwhile by other
+//    streams stay: they are unordered with this write.
+// The waits themselves happen between the two steps, with no lock held.
 //
 // Note [Buffer-use lock order]
 // The shard and free-list mutexes are leaves: nothing is called while holding them that could
@@ -39,21 +57,33 @@ struct StreamUse {
 
 class BufferUseTracker {
  public:
-  // Appends to `out` the uses on streams other than `self` that `uses` must wait for, at most
-  // one per stream (its latest batch).
+  // Step 1 of Note [Unordered writes are a set]: appends to `out` the uses on streams other
+  // than `self` that `uses` must wait for (at most one per stream, its latest batch), and
+  // records `uses` on `self` in batch `batch`, atomically per buffer.
+  void dependOnAndRecord(Stream& self, const BufferUse* uses, size_t count, uint64_t batch,
+                         std::vector<StreamUse>& out);
+  // Step 2: `uses` are encoded in batch `batch` (>= the one recorded), after GPU waits for
+  // `waited` (what step 1 returned).
+  void settle(Stream& self, const BufferUse* uses, size_t count, uint64_t batch,
+              const std::vector<StreamUse>& waited);
+  // What dependOnAndRecord would return, without recording (diagnostics and tests).
   void dependencies(const Stream& self, const BufferUse* uses, size_t count,
                     std::vector<StreamUse>& out) const;
-  // Records that `self` uses these buffers in batch `batch`.
+  // Records uses that wait for nothing (record_stream: "this stream also uses the buffer"):
+  // they join the sets and order nothing before them.
   void record(Stream& self, const BufferUse* uses, size_t count, uint64_t batch);
   // Forgets the buffer, returning every use still recorded for it (one per stream).
   std::vector<StreamUse> release(const void* buffer);
   size_t trackedBuffers() const;
 
  private:
+  // Note [Unordered writes are a set]: both sets hold at most one entry per stream.
   struct History {
-    StreamUse lastWrite{nullptr, 0};
-    std::vector<StreamUse> readsSinceWrite; // one entry per stream
+    std::vector<StreamUse> writes; // since the last ordering point
+    std::vector<StreamUse> reads; // since the last ordering point
   };
+  static void dependenciesOf(const History& history, const Stream& self, BufferUse::Access access,
+                             std::vector<StreamUse>& out);
   struct Shard {
     mutable std::mutex mutex;
     std::unordered_map<const void*, History> buffers;

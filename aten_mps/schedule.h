@@ -43,8 +43,8 @@ enum class SchedulePoint : uint8_t {
   CloseRequest, // requestClose / serveCloseRequests
   EnsureSubmitted, // ensureSubmitted, each turn of its loop
   WaitStreamRead, // waitStream, between reading hasUncommittedWork and the batch number
-  BufferDependencies, // useBuffers, after the dependencies are read, before the waits
-  BufferRecord, // useBuffers, before the uses are recorded
+  BufferDependencies, // useBuffers, after the dependencies are read (and uses recorded), before the waits
+  BufferRecord, // useBuffers, after the waits, before the uses are settled on their batch
   PendingFreesAdd, // PendingFrees::add
   PendingFreesTake, // PendingFrees::takeReusable
   EventRecord, // Event::record, between the commit and storing (stream, batch)

@@ -313,16 +313,19 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
   if (!protections.crossStreamOrder || !protections.serialQueue) {
     return;
   }
+  // Note [Unordered writes are a set]: read what we depend on and record our uses in one
+  // step per buffer, wait with no lock held, then settle our uses on the batch they are
+  // really encoded in (serving a close request during the waits may have moved it on).
   thread_local std::vector<StreamUse> dependencies;
   dependencies.clear();
-  runtime_.bufferUses().dependencies(*this, uses, count, dependencies);
+  runtime_.bufferUses().dependOnAndRecord(*this, uses, count, openBatch(), dependencies);
+  testHook(TestHook::BufferUsesBeforeWaits, this);
   racePoint(SchedulePoint::BufferDependencies);
   for (const StreamUse& dependency : dependencies) {
     waitForStream(*dependency.stream, dependency.batch);
   }
-  // After the waits: serving a close request meanwhile may have moved our open batch on.
   racePoint(SchedulePoint::BufferRecord);
-  runtime_.bufferUses().record(*this, uses, count, openBatch());
+  runtime_.bufferUses().settle(*this, uses, count, openBatch(), dependencies);
 }
 
 void Stream::waitForStream(Stream& other, uint64_t batch) {
