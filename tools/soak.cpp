@@ -75,7 +75,7 @@ void printTally(const char* what, const Tally& t, double seconds) {
       "  failed rounds %llu | wrong results %llu | violations %llu | unexpected errors/hangs %llu"
       " | counter mismatches %llu\n"
       "  GPU errors delivered %llu (error rounds) | policy switches refused %llu | race-point"
-      " hits %llu\n",
+      " hits %llu | rounds with streams in parallel %llu\n",
       what, static_cast<unsigned long long>(t.rounds), static_cast<unsigned long long>(t.opRounds),
       static_cast<unsigned long long>(t.valuesChecked), seconds,
       seconds > 0 ? static_cast<double>(t.rounds) / seconds : 0.0,
@@ -85,7 +85,8 @@ void printTally(const char* what, const Tally& t, double seconds) {
       static_cast<unsigned long long>(t.reconcileFailures),
       static_cast<unsigned long long>(t.errorsDelivered),
       static_cast<unsigned long long>(t.refusedSwitches),
-      static_cast<unsigned long long>(t.racePointHits));
+      static_cast<unsigned long long>(t.racePointHits),
+      static_cast<unsigned long long>(t.parallelRounds));
   for (const std::string& failure : t.failures) {
     std::printf("  FAILED %s\n", failure.c_str());
   }

@@ -30,7 +30,8 @@ std::string summary(const Tally& t) {
       " wrong words, " + std::to_string(t.violations) + " violations, " +
       std::to_string(t.unexpectedErrors) + " unexpected errors/hangs, " +
       std::to_string(t.reconcileFailures) + " counter mismatches; " +
-      std::to_string(t.racePointHits) + " race-point hits";
+      std::to_string(t.racePointHits) + " race-point hits, " +
+      std::to_string(t.parallelRounds) + " rounds with two streams inside their queues at once";
   for (const std::string& failure : t.failures) {
     text += "\n  " + failure;
   }
@@ -59,6 +60,7 @@ TEST_CASE("every pair of cross-thread operations through seeded schedules: right
   INFO(summary(t));
   CHECK(t.rounds == allPairs().size() * static_cast<size_t>(seedsPerPair()));
   CHECK(t.racePointHits > t.rounds * 10); // the schedule mode really acted
+  CHECK(t.parallelRounds > t.rounds / 10); // streams really used at once, not serialized
   CHECK(t.wrongResults == 0);
   CHECK(t.violations == 0);
   CHECK(t.unexpectedErrors == 0);
@@ -77,6 +79,7 @@ TEST_CASE("random 8-thread rounds through seeded schedules", "[schedule]") {
   }
   INFO(summary(t));
   CHECK(t.opRounds == static_cast<uint64_t>(rounds) * 8);
+  CHECK(t.parallelRounds > t.rounds / 4);
   CHECK(t.failedRounds == 0);
 }
 

@@ -769,6 +769,7 @@ Tally Round::run() {
     }
   }
   reconcile(rt, sim);
+  tally.parallelRounds = rt.stats().maxActiveStreams > 1 ? 1 : 0;
   allocator_.reset();
   runtime.reset();
   RoundWatchdog::instance().disarm();
@@ -833,6 +834,7 @@ void Tally::add(const Tally& other) {
   errorsDelivered += other.errorsDelivered;
   refusedSwitches += other.refusedSwitches;
   racePointHits += other.racePointHits;
+  parallelRounds += other.parallelRounds;
   for (const std::string& failure : other.failures) {
     if (failures.size() < 20) {
       failures.push_back(failure);

@@ -77,6 +77,7 @@ struct Tally {
   uint64_t errorsDelivered = 0; // CommandBufferErrors raised in rounds with a GpuError op
   uint64_t refusedSwitches = 0; // setThreadsafe refused (WorkInFlightError): allowed
   uint64_t racePointHits = 0;
+  uint64_t parallelRounds = 0; // rounds where two streams were inside their queues at once
   std::vector<std::string> failures; // first failures, each naming its replay command
   void add(const Tally& other);
 };
