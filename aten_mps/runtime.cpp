@@ -6,6 +6,7 @@
 #include "errors.h"
 #include "events.h"
 #include "schedule.h"
+#include "test_hooks.h"
 
 namespace at::mps::threadsafe {
 
@@ -31,6 +32,7 @@ struct ThreadBindings {
       if (binding.bound == nullptr) {
         continue;
       }
+      testHook(TestHook::ThreadUnbind, binding.bound);
       std::lock_guard<std::mutex> lock(binding.life->mutex);
       if (binding.life->runtime != nullptr) {
         binding.life->runtime->unbind(*binding.bound);
@@ -291,8 +293,16 @@ void Runtime::synchronizeDevice() {
   }
   racePoint(SchedulePoint::DeviceSynchronize);
   const std::vector<Stream*> streams = createdStreams();
-  for (Stream* stream : streams) {
-    stream->waitCompleted(stream->submittedBatch());
+  // Work other threads encoded and left in an open batch counts too: a thread that returned
+  // from Python's join() may not have given its stream back yet (Note [Device-wide
+  // synchronize]). Closed on request, never by touching their encoder from here.
+  std::vector<uint64_t> upTo(streams.size());
+  for (size_t i = 0; i < streams.size(); ++i) {
+    upTo[i] = streams[i]->batchOfLatestWork();
+    streams[i]->closeUpTo(upTo[i]);
+  }
+  for (size_t i = 0; i < streams.size(); ++i) {
+    streams[i]->waitCompleted(upTo[i]);
   }
   for (Stream* stream : streams) {
     stream->rethrowGpuError();

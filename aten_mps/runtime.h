@@ -26,11 +26,18 @@
 // policy.
 //
 // Note [Device-wide synchronize]
-// synchronizeDevice() commits the calling thread's current stream (if it has one: it binds no
-// stream to a thread that has encoded nothing) and then waits, on the CPU,
-// for the batches every other stream has submitted. It never ends, commits or encodes into
-// another stream's open command buffer (the mistake a reviewer caught in CTranslate2's MPS
-// backend): work another thread has encoded but not committed is that thread's to submit.
+// synchronizeDevice() covers all work encoded on the device before it was called, by any
+// thread, as cudaDeviceSynchronize does. It commits the calling thread's current stream (if it
+// has one: it binds no stream to a thread that has encoded nothing), gets every other stream's
+// open batch that holds work committed through Note [Closing a batch on request] (requestClose
+// and, when that stream's queue is free, a commit from inside the queue; when a thread is
+// inside, that thread commits at the end of its dispatch), then waits, on the CPU, for all of
+// them. This is what makes synchronize() right after join() cover the joined thread's work:
+// Python's join() returns before the thread's thread_local bookkeeping gives its stream back
+// (issue 8.4). It never ends, commits or encodes into another stream's command buffer from
+// outside that stream's queue, so it never ends an encoder while its thread encodes (the
+// mistake a reviewer caught in CTranslate2's MPS backend): the encoder lease only exists
+// inside the queue, and the queue is ours only when nobody else is in it.
 //
 // Note [Runtime lifetime]
 // The process-wide runtime (the torch device's) is created once and deliberately leaked, like

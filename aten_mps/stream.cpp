@@ -363,21 +363,42 @@ void Stream::waitForStream(Stream& other, uint64_t batch) {
 
 // Note [Closing a batch on request].
 void Stream::ensureSubmitted(Stream& other, uint64_t batch) {
-  other.requestClose(batch);
-  while (other.submittedBatch() < batch) {
+  other.closeUpTo(batch);
+}
+
+void Stream::closeUpTo(uint64_t batch) {
+  if (submittedBatch() >= batch) {
+    return;
+  }
+  if (isCurrent()) {
+    serveCloseRequestsUpTo(batch);
+    return;
+  }
+  // The stream whose queue the caller is in (if any) keeps serving its own close requests
+  // while it waits, so two streams waiting for each other both make progress.
+  Stream* inside = tlsInsideStream;
+  requestClose(batch);
+  while (submittedBatch() < batch) {
     racePoint(SchedulePoint::EnsureSubmitted);
-    const bool served = other.executor().tryDispatchSync([&] {
-      InsideScope inside(other, runtime_.counters());
-      other.serveCloseRequests();
+    const bool served = executor().tryDispatchSync([&] {
+      InsideScope scope(*this, runtime_.counters());
+      serveCloseRequests();
     });
     if (served) {
       continue;
     }
-    serveCloseRequests(); // someone may be waiting for us in the same way
-    std::unique_lock<std::mutex> lock(other.progressMutex_);
-    other.progressCv_.wait_for(lock, std::chrono::microseconds(200),
-                               [&] { return other.submittedBatch() >= batch; });
+    if (inside != nullptr) {
+      inside->serveCloseRequests();
+    }
+    std::unique_lock<std::mutex> lock(progressMutex_);
+    progressCv_.wait_for(lock, std::chrono::microseconds(200),
+                         [&] { return submittedBatch() >= batch; });
   }
+}
+
+void Stream::serveCloseRequestsUpTo(uint64_t batch) {
+  requestClose(batch);
+  serveCloseRequests();
 }
 
 void Stream::requestClose(uint64_t batch) {

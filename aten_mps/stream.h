@@ -128,6 +128,12 @@ class Stream {
     return leaseOut_.load(std::memory_order_acquire);
   }
   void requestClose(uint64_t batch);
+  // Gets every batch up to `batch` committed without touching the open command buffer from
+  // outside the queue (Note [Closing a batch on request]): commits it from inside the queue
+  // when the queue is free, else waits for the thread inside to serve the request at the end
+  // of its dispatch. Blocks until submittedBatch() >= batch. Any thread; from inside another
+  // stream's queue, that stream keeps serving its own close requests meanwhile.
+  void closeUpTo(uint64_t batch);
   // Raises (and clears) the first GPU error of this stream not yet reported.
   void rethrowGpuError();
   // Policy hook: with it set, COMMIT_ADAPTIVE commits when it returns true.
@@ -159,6 +165,7 @@ class Stream {
   void commitBatch(bool keepCommandBufferOpen);
   void commitAndWait();
   void serveCloseRequests();
+  void serveCloseRequestsUpTo(uint64_t batch);
   void ensureSubmitted(Stream& other, uint64_t batch);
   void onBatchCompleted(uint64_t batch, CommandBufferStatus status, const std::string& error);
   void endLease() noexcept;

@@ -110,8 +110,8 @@ TEST_CASE("events: waitStream waits for every batch the producer encoded, commit
   REQUIRE(env.device().stats().violations == 0);
 }
 
-TEST_CASE("device synchronize: waits for submitted work, never touches another thread's open "
-          "command buffer",
+TEST_CASE("device synchronize: covers submitted and open work, never touches another "
+          "thread's open command buffer from outside its queue",
           "[events][device-sync]") {
   RuntimeOptions options;
   options.threadsafe = true;
@@ -149,25 +149,28 @@ TEST_CASE("device synchronize: waits for submitted work, never touches another t
   holding.wait();
   submitted.wait();
 
-  // The third thread synchronizes the device.
+  // The third thread synchronizes the device: it covers the holder's open batch too (Note
+  // [Device-wide synchronize]), which the holder commits itself when it leaves its queue.
   bool doneAtReturn = false;
-  bool holderStillOpen = false;
-  bool holderLeaseStillOut = false;
+  int holderKernelsAtReturn = 0;
   ThreadGroup syncer;
   syncer.spawn([&] {
     env.rt().synchronizeDevice();
     doneAtReturn = submittedWorkDone.load();
-    holderStillOpen = holderStream->hasUncommittedWork();
-    holderLeaseStillOut = holderStream->leaseOut();
+    holderKernelsAtReturn = holderKernels.load();
   });
+  // While the holder encodes, the synchronize cannot have ended its encoder: the lease is
+  // still out, its batch still open.
+  const bool leaseOutWhileWaiting = holderStream->leaseOut();
+  const uint64_t submittedWhileWaiting = holderStream->submittedBatch();
+  releaseHolder.open();
   syncer.joinAndRethrow(20000ms, "synchronizeDevice thread");
+  REQUIRE(leaseOutWhileWaiting);
+  REQUIRE(submittedWhileWaiting == 0);
   REQUIRE(doneAtReturn);
-  REQUIRE(holderStillOpen);
-  REQUIRE(holderLeaseStillOut);
-  REQUIRE(holderStream->submittedBatch() == 0);
+  REQUIRE(holderKernelsAtReturn == 2);
   REQUIRE(env.rt().stats().deviceSynchronizes == 1);
 
-  releaseHolder.open();
   releaseSubmitter.open();
   group.joinAndRethrow();
   REQUIRE(holderKernels == 2); // the holder's own commit found its buffer intact
