@@ -56,8 +56,7 @@ void Event::synchronize() const {
   if (stream == nullptr) {
     return;
   }
-  stream->waitCompleted(batch);
-  stream->rethrowGpuError();
+  stream->raiseIfFailed(batch); // waits for it (Note [GPU errors belong to batches])
 }
 
 bool Event::isRecorded() const {

@@ -226,6 +226,9 @@ void Runtime::unbind(Stream& stream) noexcept {
   } catch (const std::exception&) {
     // Counted by contractError where it was raised; an exiting thread has no caller to tell.
   }
+  // The next owner of a pool stream starts clean: this thread's failures stay with their
+  // batches, for whoever depends on them (Note [GPU errors belong to batches]).
+  stream.acknowledge(stream.batchOfLatestWork());
   std::lock_guard<std::mutex> lock(streamsMutex_);
   stream.owners().fetch_sub(1, std::memory_order_relaxed);
   counters_.threadsReleased.add();
@@ -304,8 +307,20 @@ void Runtime::synchronizeDevice() {
   for (size_t i = 0; i < streams.size(); ++i) {
     streams[i]->waitCompleted(upTo[i]);
   }
-  for (Stream* stream : streams) {
-    stream->rethrowGpuError();
+  // Everything was waited for, so every failure not yet acknowledged is raised (Note [GPU
+  // errors belong to batches]); the caller's own stream's counts as told.
+  std::shared_ptr<const std::string> failure;
+  for (size_t i = 0; i < streams.size(); ++i) {
+    auto mineOrOther = streams[i]->failureOf(upTo[i]);
+    if (mineOrOther && streams[i] == mine) {
+      streams[i]->acknowledge(upTo[i]);
+    }
+    if (mineOrOther && !failure) {
+      failure = mineOrOther;
+    }
+  }
+  if (failure) {
+    throw CommandBufferError(*failure);
   }
 }
 

@@ -1,5 +1,6 @@
 #include "stream.h"
 
+#include <algorithm>
 #include <chrono>
 #include <string>
 
@@ -226,6 +227,14 @@ void Stream::commitBatch(bool keepCommandBufferOpen) {
     return;
   }
   const uint64_t batch = openBatch();
+  if (!openBatchWaits_.empty()) {
+    std::lock_guard<std::mutex> lock(progressMutex_);
+    batchWaits_[batch] = std::move(openBatchWaits_);
+    if (batchWaits_.size() > kMaxRememberedBatches) {
+      batchWaits_.erase(batchWaits_.begin());
+    }
+  }
+  openBatchWaits_.clear();
   CommandBuffer& buffer = *commandBuffer_;
   racePoint(SchedulePoint::CommitSignal);
   buffer.encodeSignalEvent(*timeline_, batch);
@@ -254,19 +263,28 @@ void Stream::commitBatch(bool keepCommandBufferOpen) {
 
 void Stream::commitAndWait() {
   commitBatch(/*keepCommandBufferOpen=*/false);
-  waitCompleted(submittedBatch());
-  rethrowGpuError();
+  const uint64_t batch = submittedBatch();
+  waitCompleted(batch);
+  // The caller is this stream's owner, inside its queue: once told, later batches are clean.
+  auto failure = failureOf(batch);
+  if (failure) {
+    acknowledge(batch);
+    throw CommandBufferError(*failure);
+  }
 }
 
 void Stream::onBatchCompleted(uint64_t batch, CommandBufferStatus status, const std::string& error) {
+  testHook(TestHook::BatchCompleted, this);
   racePoint(SchedulePoint::CompletionHandler);
   {
     std::lock_guard<std::mutex> lock(progressMutex_);
     if (status == CommandBufferStatus::Error) {
       counters_.gpuErrors.add();
-      if (gpuError_.empty()) {
-        gpuError_ = "command buffer (batch " + std::to_string(batch) + " of " + streamName(id_) +
-            ") failed on the GPU: " + error;
+      failures_[batch] = std::make_shared<const std::string>(
+          "command buffer (batch " + std::to_string(batch) + " of " + streamName(id_) +
+          ") failed on the GPU: " + error);
+      if (failures_.size() > kMaxRememberedBatches) {
+        failures_.erase(failures_.begin());
       }
     }
     if (completedBatch_.load(std::memory_order_relaxed) < batch) {
@@ -274,6 +292,64 @@ void Stream::onBatchCompleted(uint64_t batch, CommandBufferStatus status, const 
     }
     progressCv_.notify_all(); // under the lock: see commitBatch
   }
+}
+
+std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch) {
+  if (batch == 0) {
+    return nullptr;
+  }
+  waitCompleted(batch);
+  std::vector<std::pair<uint64_t, std::vector<std::pair<Stream*, uint64_t>>>> unresolved;
+  {
+    std::lock_guard<std::mutex> lock(progressMutex_);
+    auto exact = failures_.find(batch);
+    if (exact != failures_.end()) {
+      return exact->second;
+    }
+    // Stream order: a failure in (acknowledgedUpTo_, batch].
+    auto first = failures_.upper_bound(acknowledgedUpTo_);
+    if (first != failures_.end() && first->first <= batch) {
+      return first->second;
+    }
+    for (auto it = batchWaits_.upper_bound(acknowledgedUpTo_);
+         it != batchWaits_.end() && it->first <= batch; ++it) {
+      unresolved.emplace_back(it->first, it->second);
+    }
+  }
+  // Cross-stream: resolve the GPU waits of those batches, oldest first, with no lock held
+  // (the waited-for stream may have to wait for its own handlers).
+  for (auto& [waiter, waits] : unresolved) {
+    std::shared_ptr<const std::string> cause;
+    for (auto& [other, otherBatch] : waits) {
+      if (auto failure = other->failureOf(otherBatch)) {
+        cause = std::make_shared<const std::string>(
+            "batch " + std::to_string(waiter) + " of " + streamName(id_) + " depends on a failed batch: " +
+            *failure);
+        break;
+      }
+    }
+    std::lock_guard<std::mutex> lock(progressMutex_);
+    batchWaits_.erase(waiter);
+    if (cause) {
+      failures_.emplace(waiter, cause);
+      if (waiter > acknowledgedUpTo_) {
+        return cause;
+      }
+    }
+  }
+  return nullptr;
+}
+
+void Stream::raiseIfFailed(uint64_t batch) {
+  if (auto failure = failureOf(batch)) {
+    racePoint(SchedulePoint::ErrorDelivery);
+    throw CommandBufferError(*failure);
+  }
+}
+
+void Stream::acknowledge(uint64_t batch) {
+  std::lock_guard<std::mutex> lock(progressMutex_);
+  acknowledgedUpTo_ = std::max(acknowledgedUpTo_, batch);
 }
 
 void Stream::waitCompleted(uint64_t batch) {
@@ -290,15 +366,7 @@ void Stream::waitCompleted(uint64_t batch) {
 }
 
 void Stream::rethrowGpuError() {
-  std::string error;
-  {
-    std::lock_guard<std::mutex> lock(progressMutex_);
-    error.swap(gpuError_);
-  }
-  if (!error.empty()) {
-    racePoint(SchedulePoint::ErrorDelivery);
-    throw CommandBufferError(error);
-  }
+  raiseIfFailed(submittedBatch());
 }
 
 void Stream::addCompletedHandler(CompletionHandler handler) {
@@ -349,6 +417,9 @@ void Stream::waitForStream(Stream& other, uint64_t batch) {
     return; // an earlier wait of this stream already covers it: GPU waits block later work too
   }
   if (other.completedBatch() >= batch) {
+    // Already done: if it failed, what we were about to encode would read its garbage
+    // (Note [GPU errors belong to batches]).
+    other.raiseIfFailed(batch);
     waited = batch;
     return;
   }
@@ -357,6 +428,7 @@ void Stream::waitForStream(Stream& other, uint64_t batch) {
   }
   endKernelCoalescing(); // Metal: no encoder may be open while an event wait is encoded
   commandBuffer().encodeWaitForEvent(other.timeline(), batch);
+  openBatchWaits_.emplace_back(&other, batch);
   waited = batch;
   counters_.crossStreamWaits.add();
 }

@@ -32,10 +32,30 @@
 //     commits at the end of its current dispatch (serveCloseRequests).
 // Every GPU wait is thus on a batch already committed, which only holds waits encoded before
 // it, so the waits never form a cycle.
+//
+// Note [GPU errors belong to batches]
+// A command buffer that fails on the GPU fails its batch (stream, N); the error is kept with
+// that batch, not with the stream, and is raised to everything that depends on the batch,
+// with the stream, the batch and the kernel's own message in it:
+// - in stream order: later batches of the same stream may read what the failed kernel left,
+//   so they carry the failure too, until the stream's owner has been told (its own
+//   COMMIT_AND_WAIT, or device synchronize from its thread, raised it: acknowledge()) or has
+//   given the stream back (a pool stream never carries an error to its next owner);
+// - across streams: a batch that waited on the GPU for a failed batch (useBuffers' ordering,
+//   waitStream, Event::wait) is failed with the same cause ("poisoned"): its reader gets the
+//   error, never the zeros the failed kernel left. Waits are recorded per batch at commit and
+//   resolved lazily, by whoever asks (failureOf), since the failed batch's completion handler
+//   may run after the dependent's;
+// - a wait on an already failed batch (waitForStream) raises at once;
+// - Event::synchronize and device synchronize raise the failure of what they waited for.
+// A thread whose work depends on no failed batch never receives the error. Failures are kept
+// for the last kMaxRememberedBatches failed batches of a stream, and batch dependencies for
+// as many batches: an error older than that is no longer delivered (counted in gpuErrors).
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -134,7 +154,15 @@ class Stream {
   // of its dispatch. Blocks until submittedBatch() >= batch. Any thread; from inside another
   // stream's queue, that stream keeps serving its own close requests meanwhile.
   void closeUpTo(uint64_t batch);
-  // Raises (and clears) the first GPU error of this stream not yet reported.
+  // Note [GPU errors belong to batches]. The failure carried by batch `batch` (completed:
+  // waits for its completion handler first), or nullptr. Any thread, no queue held.
+  std::shared_ptr<const std::string> failureOf(uint64_t batch);
+  // Raises CommandBufferError if batch `batch` carries a failure.
+  void raiseIfFailed(uint64_t batch);
+  // The owner has been told about failures up to `batch`: later batches no longer carry
+  // them in stream order (batches that failed or were poisoned keep theirs).
+  void acknowledge(uint64_t batch);
+  // raiseIfFailed(submittedBatch()): what a synchronize of everything submitted raises.
   void rethrowGpuError();
   // Policy hook: with it set, COMMIT_ADAPTIVE commits when it returns true.
   StreamCounters& counters() {
@@ -183,6 +211,7 @@ class Stream {
   std::shared_ptr<CommandBuffer> commandBuffer_;
   std::shared_ptr<ComputeEncoder> encoder_;
   std::vector<uint64_t> waitedUpTo_; // per other stream id: highest batch already waited for
+  std::vector<std::pair<Stream*, uint64_t>> openBatchWaits_; // GPU waits in the open batch
 
   // Any-thread state.
   // Note [Batch state is one word]
@@ -197,9 +226,13 @@ class Stream {
   std::atomic<uint64_t> closeRequestedUpTo_{0};
   std::atomic<bool> leaseOut_{false};
   std::atomic<int> owners_{0};
-  std::mutex progressMutex_; // guards the two waits below and gpuError_
+  std::mutex progressMutex_; // guards the waits below and the failure bookkeeping
   std::condition_variable progressCv_;
-  std::string gpuError_;
+  // Note [GPU errors belong to batches], under progressMutex_.
+  static constexpr size_t kMaxRememberedBatches = 1024;
+  std::map<uint64_t, std::shared_ptr<const std::string>> failures_; // failed or poisoned
+  std::map<uint64_t, std::vector<std::pair<Stream*, uint64_t>>> batchWaits_; // unresolved
+  uint64_t acknowledgedUpTo_ = 0;
   StreamCounters counters_;
 };
 

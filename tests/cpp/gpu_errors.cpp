@@ -1,0 +1,126 @@
+// Note [GPU errors belong to batches] (stream.h): a failed batch's error reaches what depends
+// on it, on any stream, and nothing else (issue 8.2).
+
+#include "test_support.h"
+
+namespace mpsts_test {
+namespace {
+
+using Catch::Matchers::Contains;
+using Access = BufferUse::Access;
+
+// On `s`: a kernel that fails, then a write of `buffer` in the same batch; committed, not waited.
+void failThenWrite(Stream& s, const void* buffer) {
+  const BufferUse write{buffer, Access::Write};
+  s.dispatch([&] {
+    s.useBuffers(&write, 1);
+    encodeKernel(s, [] { throw std::runtime_error("index_select: index 100 out of range"); });
+    encodeKernel(s, [] {});
+    s.synchronize(SyncType::COMMIT);
+  });
+}
+
+} // namespace
+
+TEST_CASE("gpu errors: a reader on another stream of a failed batch's output gets its error",
+          "[errors][issue8]") {
+  SimRuntime env;
+  Stream& a = env.rt().stream(1);
+  Stream& b = env.rt().stream(2);
+  int buffer = 0;
+  failThenWrite(a, &buffer);
+  const BufferUse read{&buffer, Access::Read};
+  // The read may be encoded before or after A's batch completes; both must raise.
+  REQUIRE_THROWS_WITH(b.dispatch([&] {
+    b.useBuffers(&read, 1);
+    encodeKernel(b, [] {});
+    b.synchronize(SyncType::COMMIT_AND_WAIT);
+  }), Contains("index 100 out of range") && Contains("stream 1"));
+  // A's own synchronize raises it too: B seeing it did not take it from A.
+  REQUIRE_THROWS_WITH(runKernel(a, [] {}, SyncType::COMMIT_AND_WAIT),
+                      Contains("index 100 out of range"));
+  // Told once: A's later work is clean.
+  REQUIRE_NOTHROW(runKernel(a, [] {}, SyncType::COMMIT_AND_WAIT));
+}
+
+TEST_CASE("gpu errors: a batch that waited on a failed batch is failed with its cause",
+          "[errors][issue8]") {
+  SimRuntime env;
+  Stream& a = env.rt().stream(1);
+  Stream& b = env.rt().stream(2);
+  Gate gpu;
+  int buffer = 0;
+  const BufferUse write{&buffer, Access::Write};
+  // A's batch is held on the GPU until B has encoded its wait: the wait is on the GPU, and
+  // only the batch dependency tells B's batch that its input failed.
+  a.dispatch([&] {
+    a.useBuffers(&write, 1);
+    encodeKernel(a, [w = gpu.waiter()] {
+      w();
+      throw std::runtime_error("kernel failed");
+    });
+    a.synchronize(SyncType::COMMIT);
+  });
+  const BufferUse read{&buffer, Access::Read};
+  b.dispatch([&] {
+    b.useBuffers(&read, 1);
+    encodeKernel(b, [] {});
+    b.synchronize(SyncType::COMMIT);
+  });
+  REQUIRE(b.completedBatch() == 0);
+  gpu.open();
+  Event event;
+  event.record(b);
+  REQUIRE_THROWS_WITH(event.synchronize(), Contains("kernel failed") && Contains("stream 2") &&
+                                               Contains("stream 1"));
+}
+
+TEST_CASE("gpu errors: unrelated streams and a pool stream's next owner never receive it",
+          "[errors][issue8]") {
+  RuntimeOptions options;
+  options.threadsafe = true;
+  SimRuntime env(options);
+  Stream* failedOn = nullptr;
+  int buffer = 0;
+  ThreadGroup first;
+  first.spawn([&] {
+    Stream& mine = env.rt().currentStream();
+    failedOn = &mine;
+    failThenWrite(mine, &buffer);
+    mine.waitCompleted(mine.submittedBatch()); // failed, never synchronized by its owner
+  });
+  first.joinAndRethrow();
+  // An unrelated thread, on another stream, synchronizing its own work.
+  std::string unrelated;
+  std::string nextOwner;
+  ThreadGroup others;
+  others.spawn([&] {
+    Stream& mine = env.rt().stream(5);
+    try {
+      runKernel(mine, [] {}, SyncType::COMMIT_AND_WAIT);
+    } catch (const std::exception& e) {
+      unrelated = e.what();
+    }
+  });
+  others.joinAndRethrow();
+  // The next thread bound to the same pool stream.
+  others.spawn([&] {
+    Stream& mine = env.rt().currentStream();
+    if (&mine != failedOn) {
+      nextOwner = "bound to another stream";
+      return;
+    }
+    try {
+      runKernel(mine, [] {}, SyncType::COMMIT_AND_WAIT);
+    } catch (const std::exception& e) {
+      nextOwner = e.what();
+    }
+  });
+  others.joinAndRethrow();
+  REQUIRE(unrelated.empty());
+  REQUIRE(nextOwner.empty());
+  // The failed batch keeps its error for whoever depends on it.
+  REQUIRE(failedOn->failureOf(1) != nullptr);
+}
+
+} // namespace mpsts_test
