@@ -75,7 +75,9 @@ void printTally(const char* what, const Tally& t, double seconds) {
       "  failed rounds %llu | wrong results %llu | violations %llu | unexpected errors/hangs %llu"
       " | counter mismatches %llu\n"
       "  GPU errors delivered %llu (error rounds) | policy switches refused %llu | race-point"
-      " hits %llu | rounds with streams in parallel %llu\n",
+      " hits %llu | rounds with streams in parallel %llu\n"
+      "  error rounds checked exactly %llu | known gaps: errors nobody received %llu, frees"
+      " pending on a never-committed batch %llu, rounds where synchronize kept raising %llu\n",
       what, static_cast<unsigned long long>(t.rounds), static_cast<unsigned long long>(t.opRounds),
       static_cast<unsigned long long>(t.valuesChecked), seconds,
       seconds > 0 ? static_cast<double>(t.rounds) / seconds : 0.0,
@@ -86,9 +88,15 @@ void printTally(const char* what, const Tally& t, double seconds) {
       static_cast<unsigned long long>(t.errorsDelivered),
       static_cast<unsigned long long>(t.refusedSwitches),
       static_cast<unsigned long long>(t.racePointHits),
-      static_cast<unsigned long long>(t.parallelRounds));
+      static_cast<unsigned long long>(t.parallelRounds),
+      static_cast<unsigned long long>(t.isolatedErrorRounds),
+      static_cast<unsigned long long>(t.errorsLost), static_cast<unsigned long long>(t.phantomFrees),
+      static_cast<unsigned long long>(t.stickyErrorRounds));
   for (const std::string& failure : t.failures) {
     std::printf("  FAILED %s\n", failure.c_str());
+  }
+  for (const std::string& gap : t.gaps) {
+    std::printf("  known gap: %s\n", gap.c_str());
   }
   std::fflush(stdout);
 }

@@ -31,9 +31,16 @@ std::string summary(const Tally& t) {
       std::to_string(t.unexpectedErrors) + " unexpected errors/hangs, " +
       std::to_string(t.reconcileFailures) + " counter mismatches; " +
       std::to_string(t.racePointHits) + " race-point hits, " +
-      std::to_string(t.parallelRounds) + " rounds with two streams inside their queues at once";
+      std::to_string(t.parallelRounds) + " rounds with two streams inside their queues at once; " +
+      std::to_string(t.isolatedErrorRounds) + " error rounds checked exactly; known gaps: " +
+      std::to_string(t.errorsLost) + " errors nobody received, " +
+      std::to_string(t.phantomFrees) + " frees pending on a never-committed batch, " +
+      std::to_string(t.stickyErrorRounds) + " rounds where synchronize kept raising";
   for (const std::string& failure : t.failures) {
     text += "\n  " + failure;
+  }
+  for (const std::string& gap : t.gaps) {
+    text += "\n  known gap: " + gap;
   }
   return text;
 }
@@ -66,9 +73,10 @@ TEST_CASE("every pair of cross-thread operations through seeded schedules: right
   CHECK(t.unexpectedErrors == 0);
   CHECK(t.reconcileFailures == 0);
   CHECK(t.failedRounds == 0);
-  // TODO(error model, issue 8 item 2): exact delivery of GPU errors to their dependents is
-  // checked once the runtime's error model lands; today only "raised to someone, no hang".
+  // GPU errors (Note [GPU errors belong to batches]): delivered to the readers of a failed
+  // batch and to no unrelated thread, checked exactly where each thread has its own stream.
   CHECK(t.errorsDelivered > 0);
+  CHECK(t.isolatedErrorRounds > 0);
 }
 
 TEST_CASE("random 8-thread rounds through seeded schedules", "[schedule]") {
@@ -108,6 +116,36 @@ TEST_CASE("with deferred frees off, the exploration finds a recycled block overw
   }
   INFO(summary(t));
   CHECK(t.wrongResults > 0);
+}
+
+} // namespace mpsts_test
+
+namespace mpsts_test {
+
+// Known gaps of the GPU error model the exploration found (reported to the runtime branch;
+// docs/reliability.md "Findings"). [!mayfail]: shown in every run, not hidden, until fixed.
+TEST_CASE("every failed kernel's error reaches some caller, and frees never wait on a batch "
+          "nothing commits",
+          "[schedule][!mayfail]") {
+  Tally t;
+  // Each thread on its own pool stream (exact checks) and on shared streams.
+  for (int pool : {8, 1}) {
+    for (Op other : {Op::Dispatch, Op::CommitAndContinue, Op::ThreadExit, Op::Reuse,
+                     Op::EventWait}) {
+      for (int s = 1; s <= 40; ++s) {
+        RoundSpec spec;
+        spec.ops = {other, Op::GpuError};
+        spec.seed = static_cast<uint64_t>(s);
+        spec.poolSize = pool;
+        spec.threadsafe = 1;
+        t.add(runRound(spec, ExploreOptions{}));
+      }
+    }
+  }
+  INFO(summary(t));
+  CHECK(t.failedRounds == 0);
+  CHECK(t.errorsLost == 0);
+  CHECK(t.phantomFrees == 0);
 }
 
 } // namespace mpsts_test

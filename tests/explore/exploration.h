@@ -53,6 +53,8 @@ struct RoundSpec {
   std::vector<Op> ops; // one worker thread per entry; partner of i is partners[i]
   std::vector<int> partners; // empty: (i + 1) % size
   uint64_t seed = 1; // the schedule seed and the round's data/shape choices
+  int poolSize = 0; // 0: drawn from the seed (1, 2, 4 or 8)
+  int threadsafe = -1; // initial thread policy; -1: drawn from the seed (on 3 rounds in 4)
 };
 
 struct ExploreOptions {
@@ -75,10 +77,15 @@ struct Tally {
   uint64_t unexpectedErrors = 0; // exceptions a correct run does not raise
   uint64_t reconcileFailures = 0; // counters that do not add up
   uint64_t errorsDelivered = 0; // CommandBufferErrors raised in rounds with a GpuError op
+  uint64_t isolatedErrorRounds = 0; // error rounds whose delivery was checked exactly
+  uint64_t errorsLost = 0; // failed kernels whose error no caller ever received (known gap)
+  uint64_t phantomFrees = 0; // frees left pending on a batch never committed (known gap)
+  uint64_t stickyErrorRounds = 0; // device synchronize raised one error 4 times in a row
   uint64_t refusedSwitches = 0; // setThreadsafe refused (WorkInFlightError): allowed
   uint64_t racePointHits = 0;
   uint64_t parallelRounds = 0; // rounds where two streams were inside their queues at once
   std::vector<std::string> failures; // first failures, each naming its replay command
+  std::vector<std::string> gaps; // first known-gap occurrences (see the [!mayfail] test)
   void add(const Tally& other);
 };
 
