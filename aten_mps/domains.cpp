@@ -1,5 +1,6 @@
 #include "domains.h"
 
+#include <algorithm>
 #include <chrono>
 
 namespace at::mps::threadsafe {
@@ -89,15 +90,34 @@ void DomainRegistry::retire(const void* object) {
   // Wait for an encode in progress to finish (Note [Retiring a cached object]).
   { std::lock_guard<std::mutex> drained(domain->mutex_); }
   std::unique_lock<std::shared_mutex> lock(mutex_);
-  DomainStats& stats = retired_[domain->name()];
-  stats.name = domain->name();
-  mergeInto(stats, *domain);
+  // A thread that looked the domain up before the retire may still take it: its counters are
+  // merged only once nobody else holds it (issue 8.8: they were merged here, and later
+  // acquisitions were lost).
+  retiring_.push_back(std::move(domain));
+  mergeReleased();
+}
+
+void DomainRegistry::mergeReleased() const {
+  auto released = std::partition(retiring_.begin(), retiring_.end(),
+                                 [](const std::shared_ptr<Domain>& d) { return d.use_count() > 1; });
+  for (auto it = released; it != retiring_.end(); ++it) {
+    DomainStats& stats = retired_[(*it)->name()];
+    stats.name = (*it)->name();
+    mergeInto(stats, **it);
+  }
+  retiring_.erase(released, retiring_.end());
 }
 
 std::vector<DomainStats> DomainRegistry::stats() const {
   std::unordered_map<std::string, DomainStats> merged;
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  mergeReleased();
   merged = retired_;
+  for (const auto& domain : retiring_) {
+    DomainStats& stats = merged[domain->name()];
+    stats.name = domain->name();
+    mergeInto(stats, *domain);
+  }
   auto add = [&](const std::shared_ptr<Domain>& domain) {
     DomainStats& stats = merged[domain->name()];
     stats.name = domain->name();

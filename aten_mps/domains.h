@@ -86,7 +86,11 @@ class DomainRegistry {
   mutable std::shared_mutex mutex_;
   std::unordered_map<const void*, std::shared_ptr<Domain>> byObject_;
   std::unordered_map<std::string, std::shared_ptr<Domain>> byClass_;
-  std::unordered_map<std::string, DomainStats> retired_; // counters of retired domains, by name
+  void mergeReleased() const; // mutex_ held exclusively
+  // Counters of retired domains nobody holds any more, by name; and retired domains still
+  // held by a thread that looked them up before the retire (counted live).
+  mutable std::unordered_map<std::string, DomainStats> retired_;
+  mutable std::vector<std::shared_ptr<Domain>> retiring_;
 };
 
 } // namespace at::mps::threadsafe

@@ -21,6 +21,10 @@ struct ThreadBinding {
   std::shared_ptr<Runtime::Life> life;
   Stream* explicitStream = nullptr;
   Stream* bound = nullptr;
+  // The stream the thread policy last chose for this thread, and the policy epoch it read
+  // (Note [Switching the policy]).
+  Stream* policyStream = nullptr;
+  uint64_t policyEpoch = 0;
 };
 
 // Gives the bound streams back when the thread exits.
@@ -55,7 +59,7 @@ struct ThreadBindings {
                                 return lock.owns_lock() && binding.life->runtime == nullptr;
                               }),
                list.end());
-    list.push_back({serial, life, nullptr, nullptr});
+    list.push_back({serial, life, nullptr, nullptr, nullptr, 0});
     return list.back();
   }
 };
@@ -162,12 +166,18 @@ Stream& Runtime::currentStream() {
   if (binding.explicitStream != nullptr) {
     return *binding.explicitStream;
   }
-  const bool threadsafeNow = threadsafe();
+  // The epoch first: a policy read older than the epoch is seen as stale (Note [Switching the
+  // policy]).
+  binding.policyEpoch = policyEpoch_.load(std::memory_order_seq_cst);
+  const bool on = threadsafe_.load(std::memory_order_seq_cst);
+  testHook(TestHook::PolicyRead);
   racePoint(SchedulePoint::PolicyRead);
-  if (!threadsafeNow) {
-    return defaultStream();
+  if (!on) {
+    binding.policyStream = &defaultStream();
+    return *binding.policyStream;
   }
   if (binding.bound != nullptr) {
+    binding.policyStream = binding.bound;
     return *binding.bound;
   }
   // Bind: the unbound pool stream with the lowest id, else the least-bound one.
@@ -193,6 +203,7 @@ Stream& Runtime::currentStream() {
   chosen.counters().threadsBound.add();
   counters_.threadsBound.add();
   binding.bound = &chosen;
+  binding.policyStream = &chosen;
   return chosen;
 }
 
@@ -234,11 +245,29 @@ void Runtime::unbind(Stream& stream) noexcept {
   counters_.threadsReleased.add();
 }
 
+bool Runtime::choseByStalePolicy(const Stream& stream) const {
+  const ThreadBinding& binding = tlsBindings.of(serial_, life_);
+  if (binding.explicitStream != nullptr || binding.policyStream != &stream) {
+    return false;
+  }
+  const uint64_t epoch = policyEpoch_.load(std::memory_order_seq_cst);
+  return binding.policyEpoch != epoch || (epoch & 1) != 0;
+}
+
 void Runtime::setThreadsafe(bool on) {
   std::lock_guard<std::mutex> policy(policyMutex_);
   if (on == threadsafe()) {
     return;
   }
+  // Odd while switching, even again when done or refused: a stream chosen before or during
+  // the switch is committed by its thread at the end of its dispatch (Stream::dispatch).
+  policyEpoch_.fetch_add(1, std::memory_order_seq_cst);
+  struct EndSwitch {
+    std::atomic<uint64_t>& epoch;
+    ~EndSwitch() {
+      epoch.fetch_add(1, std::memory_order_seq_cst);
+    }
+  } endSwitch{policyEpoch_};
   Stream& mine = currentStream();
   for (Stream* stream : createdStreams()) {
     // The caller's own stream is drained below, unless another thread holds its encoder
@@ -257,7 +286,7 @@ void Runtime::setThreadsafe(bool on) {
     stream->waitCompleted(stream->submittedBatch());
   }
   racePoint(SchedulePoint::SetThreadsafe);
-  threadsafe_.store(on, std::memory_order_release);
+  threadsafe_.store(on, std::memory_order_seq_cst);
 }
 
 // ---- Protections --------------------------------------------------------------------------

@@ -18,7 +18,13 @@
 // guard) always wins over the policy.
 //
 // Note [Switching the policy]
-// setThreadsafe() refuses (WorkInFlightError) while another thread has encoded work that it
+// A thread reads the policy, then enters the chosen stream's queue: a switch can happen in
+// between (issue 8.6), and the thread then encodes on the stream of the old policy, which it
+// will not use again. So the switch moves a policy epoch (odd while switching), the thread
+// remembers the epoch it read with the stream the policy gave it, and Stream::dispatch, at
+// the end of a dispatch onto a stream chosen under an older (or a switching) epoch, commits
+// the batch before leaving the queue: work encoded under the old policy is never left
+// uncommitted. setThreadsafe() refuses (WorkInFlightError) while another thread has encoded work that it
 // has not committed, or holds an encoder lease: that work belongs to the thread's open
 // command buffer, which only its own thread may end. Otherwise it commits the caller's own
 // work, waits for every submitted batch on every stream (a drain), then switches. Uses that
@@ -102,6 +108,8 @@ class Runtime {
     return threadsafe_.load(std::memory_order_acquire);
   }
   void setThreadsafe(bool on); // Note [Switching the policy]
+  // Whether this thread's policy chose `stream` under a policy that has switched since.
+  bool choseByStalePolicy(const Stream& stream) const;
   // Gives this thread's bound pool stream back now (thread exit does it too).
   void releaseThreadStream();
 
@@ -159,6 +167,7 @@ class Runtime {
   std::vector<std::atomic<Stream*>> streams_; // Note [Stream ids]; created lazily
   std::atomic<uint32_t> roundRobin_{0};
   std::mutex policyMutex_; // serializes setThreadsafe
+  std::atomic<uint64_t> policyEpoch_{0}; // Note [Switching the policy]
 
   mutable std::mutex probeMutex_;
   std::function<bool()> memoryPressureProbe_;

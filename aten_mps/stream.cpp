@@ -110,6 +110,9 @@ void Stream::dispatch(FunctionRef<void()> fn) {
     }
     racePoint(SchedulePoint::DispatchExit);
     serveCloseRequests();
+    if (runtime_.choseByStalePolicy(*this) && !leaseOut()) {
+      synchronize(SyncType::COMMIT); // Note [Switching the policy]
+    }
   };
   if (!runtime_.protections().serialQueue) {
     body(); // the deliberately unsafe mode: no mutual exclusion (protections.h)

@@ -223,3 +223,28 @@ TEST_CASE("domains: retiring a cached object waits for an encode in progress",
 }
 
 } // namespace mpsts_test
+
+namespace mpsts_test {
+
+TEST_CASE("domains: a guard on a domain looked up before its retire still counts",
+          "[domains][issue8]") {
+  SimRuntime env;
+  DomainRegistry& domains = env.rt().domains();
+  int object = 0;
+  std::shared_ptr<Domain> looked = domains.forObject(&object, "graph:issue8");
+  domains.retire(&object); // the cache cleared it; this thread still holds the domain
+  { DomainGuard guard(looked, true); }
+  auto acquisitions = [&] {
+    for (const DomainStats& stats : domains.stats()) {
+      if (stats.name == "graph:issue8") {
+        return stats.acquisitions;
+      }
+    }
+    return uint64_t{0};
+  };
+  REQUIRE(acquisitions() == 1);
+  looked.reset();
+  REQUIRE(acquisitions() == 1);
+}
+
+} // namespace mpsts_test
