@@ -81,6 +81,7 @@ struct Tally {
   uint64_t errorsLost = 0; // failed kernels whose error no caller ever received (known gap)
   uint64_t phantomFrees = 0; // frees left pending on a batch never committed (known gap)
   uint64_t stickyErrorRounds = 0; // device synchronize raised one error 4 times in a row
+  uint64_t silentGarbage = 0; // wrong values read with no error, on a stream shared with a failure (known gap)
   uint64_t refusedSwitches = 0; // setThreadsafe refused (WorkInFlightError): allowed
   uint64_t racePointHits = 0;
   uint64_t parallelRounds = 0; // rounds where two streams were inside their queues at once
