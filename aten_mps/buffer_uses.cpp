@@ -132,10 +132,10 @@ bool PendingFrees::passed(const StreamUse& use, const Stream* requester) {
   return use.stream == requester || use.stream->completedBatch() >= use.batch;
 }
 
-bool PendingFrees::add(void* buffer, std::vector<StreamUse> uses) {
+bool PendingFrees::add(void* buffer, std::vector<StreamUse> uses, const Stream* owner) {
   racePoint(SchedulePoint::PendingFreesAdd);
   const bool deferred = std::any_of(uses.begin(), uses.end(),
-                                    [](const StreamUse& use) { return !passed(use, nullptr); });
+                                    [&](const StreamUse& use) { return !passed(use, owner); });
   if (deferred) {
     deferred_.add();
   }

@@ -99,9 +99,12 @@ class PendingFrees {
   // `deferred` counts the buffers whose reuse had to wait (RuntimeStats::deferredFrees).
   explicit PendingFrees(Counter& deferred) : deferred_(deferred) {}
 
-  // `uses` as returned by BufferUseTracker::release. Returns whether reuse is deferred, i.e.
-  // some use was made on a stream that has not completed it yet.
-  bool add(void* buffer, std::vector<StreamUse> uses);
+  // `uses` as returned by BufferUseTracker::release; `owner`: the stream of the thread that
+  // frees it (nullptr: none). Returns whether reuse is really deferred, i.e. some use was made
+  // on a stream other than `owner` that has not completed it yet: `owner` itself may reuse
+  // the buffer at once (its queue orders the uses), so waiting only on it is no deferral and
+  // is not counted (issue 8.8).
+  bool add(void* buffer, std::vector<StreamUse> uses, const Stream* owner = nullptr);
   // Removes and returns the buffers `requester` may reuse now: those whose every use either
   // completed on the GPU or was made on `requester` itself (nullptr: completed uses only).
   std::vector<void*> takeReusable(const Stream* requester);

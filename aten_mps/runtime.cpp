@@ -207,6 +207,14 @@ Stream& Runtime::currentStream() {
   return chosen;
 }
 
+Stream* Runtime::currentStreamIfAny() {
+  ThreadBinding& binding = tlsBindings.of(serial_, life_);
+  if (binding.explicitStream != nullptr) {
+    return binding.explicitStream;
+  }
+  return threadsafe() ? binding.bound : &defaultStream();
+}
+
 void Runtime::setCurrentStream(Stream* stream) {
   if (stream != nullptr && &stream->runtime() != this) {
     throw InvalidArgument("setCurrentStream(): stream " + std::to_string(stream->id()) +
@@ -315,11 +323,7 @@ void Runtime::synchronizeDevice() {
   counters_.deviceSynchronizes.add();
   // Commit the work this thread encoded, on the stream it encoded it on; a thread that has no
   // stream yet has nothing to commit, and is not bound to one just to synchronize.
-  ThreadBinding& binding = tlsBindings.of(serial_, life_);
-  Stream* mine = binding.explicitStream;
-  if (mine == nullptr) {
-    mine = threadsafe() ? binding.bound : &defaultStream();
-  }
+  Stream* mine = currentStreamIfAny();
   if (mine != nullptr) {
     runOnQueue(*mine, [&] { mine->synchronize(SyncType::COMMIT); });
   }

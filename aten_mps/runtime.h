@@ -100,6 +100,9 @@ class Runtime {
 
   // ---- Thread policy (Note [Thread policy]) -----------------------------------------------
   Stream& currentStream();
+  // The stream currentStream() would return, without binding a pool stream to a thread that
+  // has none yet (nullptr then).
+  Stream* currentStreamIfAny();
   // The stream guard: `stream` becomes this thread's current stream; nullptr restores the
   // policy. InvalidArgument for a stream of another runtime.
   void setCurrentStream(Stream* stream);

@@ -100,7 +100,7 @@ class SimAllocator final : public c10::Allocator {
     ts::Runtime& rt = runtime();
     std::vector<ts::StreamUse> uses = rt.bufferUses().release(block);
     if (rt.protections().deferredFrees) {
-      rt.pendingFrees().add(block, std::move(uses));
+      rt.pendingFrees().add(block, std::move(uses), rt.currentStreamIfAny());
       std::lock_guard<std::mutex> lock(mutex_);
       stats_.allocatedBytes -= sizes_.at(block);
       stats_.cachedBytes += sizes_.at(block);

@@ -163,3 +163,29 @@ TEST_CASE("pending frees: a buffer whose uses all completed is not deferred", "[
 }
 
 } // namespace mpsts_test
+
+namespace mpsts_test {
+
+TEST_CASE("pending frees: waiting only on the freeing stream itself is not a deferral",
+          "[allocator][issue8]") {
+  SimRuntime env;
+  Stream& s1 = env.rt().stream(1);
+  Stream& s2 = env.rt().stream(2);
+  Gate gpu;
+  int own = 0;
+  int shared = 0;
+  encodeUse(s1, &own, Access::Write, gpu.waiter(), SyncType::COMMIT); // still running
+  PendingFrees& frees = env.rt().pendingFrees();
+  // Freed by s1's thread: s1 may reuse it at once, nobody waits.
+  REQUIRE_FALSE(frees.add(&own, env.rt().bufferUses().release(&own), &s1));
+  REQUIRE(env.rt().stats().deferredFrees == 0);
+  // Used on s2 too: s1 has to wait for s2, a real deferral.
+  encodeUse(s1, &shared, Access::Write, [] {}, SyncType::NONE);
+  encodeUse(s2, &shared, Access::Read, gpu.waiter(), SyncType::COMMIT);
+  REQUIRE(frees.add(&shared, env.rt().bufferUses().release(&shared), &s1));
+  REQUIRE(env.rt().stats().deferredFrees == 1);
+  gpu.open();
+  env.rt().synchronizeDevice();
+}
+
+} // namespace mpsts_test
