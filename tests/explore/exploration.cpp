@@ -81,11 +81,12 @@ class MiniAllocator {
     return &arena_.back();
   }
 
-  void free(Block* block) {
+  // `owner`: the stream freeing it (its own uses do not defer the free: its queue orders them).
+  void free(Block* block, const Stream* owner) {
     std::vector<StreamUse> uses = runtime_.bufferUses().release(block);
     ++frees;
     if (runtime_.protections().deferredFrees) {
-      runtime_.pendingFrees().add(block, std::move(uses));
+      runtime_.pendingFrees().add(block, std::move(uses), owner);
       return;
     }
     std::lock_guard<std::mutex> lock(mutex_); // the unsafe mode: reusable at once
@@ -387,7 +388,7 @@ void Round::setup(Runtime& rt) {
     main.synchronize(commitGarbage ? SyncType::COMMIT : SyncType::NONE);
   });
   for (Block* block : blocks) {
-    allocator_->free(block);
+    allocator_->free(block, &main);
   }
 }
 
@@ -531,7 +532,7 @@ void Round::consume(Runtime& rt, int slot, Op op) {
       Block* block = allocator_->get(mine);
       // Freed however the op ends (a GPU error may be raised from the synchronize below).
       std::unique_ptr<Block, std::function<void(Block*)>> freeLater(
-          block, [this](Block* b) { allocator_->free(b); });
+          block, [this, &mine](Block* b) { allocator_->free(b, &mine); });
       uint64_t* tmp = block->words;
       mine.dispatch([&] {
         BufferUse uses[2] = {{outputBuffer(partner), BufferUse::Access::Read},
