@@ -997,8 +997,8 @@ Tally runRound(const RoundSpec& spec, const ExploreOptions& options) {
   if (spec.ops.empty()) {
     throw std::invalid_argument("a round needs at least one op");
   }
-  Round round(spec, options);
-  return round.run();
+  auto round = std::make_unique<Round>(spec, options);
+  return round->run();
 }
 
 RoundSpec randomRound(int threads, uint64_t seed) {
