@@ -62,12 +62,20 @@ void BufferUseTracker::dependencies(const Stream& self, const BufferUse* uses, s
 }
 
 void BufferUseTracker::dependOnAndRecord(Stream& self, const BufferUse* uses, size_t count,
-                                         uint64_t batch, std::vector<StreamUse>& out) {
+                                         uint64_t batch, std::vector<StreamUse>& out,
+                                         std::vector<StreamUse>* ownWrites) {
   for (size_t i = 0; i < count; ++i) {
     Shard& shard = shardOf(uses[i].buffer);
     std::lock_guard<std::mutex> lock(shard.mutex);
     History& history = shard.buffers[uses[i].buffer];
     dependenciesOf(history, self, uses[i].access, out);
+    if (ownWrites != nullptr) {
+      for (const StreamUse& write : history.writes) {
+        if (write.stream == &self && write.batch < batch) {
+          addLatestPerStream(*ownWrites, write);
+        }
+      }
+    }
     addLatestPerStream(uses[i].access == BufferUse::Access::Write ? history.writes : history.reads,
                        {&self, batch});
   }

@@ -60,8 +60,10 @@ class BufferUseTracker {
   // Step 1 of Note [Unordered writes are a set]: appends to `out` the uses on streams other
   // than `self` that `uses` must wait for (at most one per stream, its latest batch), and
   // records `uses` on `self` in batch `batch`, atomically per buffer.
+  // `ownWrites` (optional): this stream's own earlier writes of the buffers read, which its
+  // queue orders but whose failure it must still see (Note [GPU errors belong to batches]).
   void dependOnAndRecord(Stream& self, const BufferUse* uses, size_t count, uint64_t batch,
-                         std::vector<StreamUse>& out);
+                         std::vector<StreamUse>& out, std::vector<StreamUse>* ownWrites = nullptr);
   // Step 2: `uses` are encoded in batch `batch` (>= the one recorded), after GPU waits for
   // `waited` (what step 1 returned).
   void settle(Stream& self, const BufferUse* uses, size_t count, uint64_t batch,

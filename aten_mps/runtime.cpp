@@ -344,7 +344,7 @@ void Runtime::synchronizeDevice() {
   // errors belong to batches]); the caller's own stream's counts as told.
   std::shared_ptr<const std::string> failure;
   for (size_t i = 0; i < streams.size(); ++i) {
-    auto mineOrOther = streams[i]->failureOf(upTo[i]);
+    auto mineOrOther = streams[i]->failureOf(upTo[i], /*includeAcknowledged=*/false);
     if (mineOrOther && streams[i] == mine) {
       streams[i]->acknowledge(upTo[i]);
     }

@@ -269,7 +269,7 @@ void Stream::commitAndWait() {
   const uint64_t batch = submittedBatch();
   waitCompleted(batch);
   // The caller is this stream's owner, inside its queue: once told, later batches are clean.
-  auto failure = failureOf(batch);
+  auto failure = failureOf(batch, /*includeAcknowledged=*/false);
   if (failure) {
     acknowledge(batch);
     throw CommandBufferError(*failure);
@@ -297,7 +297,7 @@ void Stream::onBatchCompleted(uint64_t batch, CommandBufferStatus status, const 
   }
 }
 
-std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch) {
+std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch, bool includeAcknowledged) {
   if (batch == 0) {
     return nullptr;
   }
@@ -305,16 +305,17 @@ std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch) {
   std::vector<std::pair<uint64_t, std::vector<std::pair<Stream*, uint64_t>>>> unresolved;
   {
     std::lock_guard<std::mutex> lock(progressMutex_);
+    const uint64_t acknowledged = acknowledgedUpTo_.load(std::memory_order_relaxed);
     auto exact = failures_.find(batch);
-    if (exact != failures_.end()) {
+    if (exact != failures_.end() && (includeAcknowledged || batch > acknowledged)) {
       return exact->second;
     }
-    // Stream order: a failure in (acknowledgedUpTo_, batch].
-    auto first = failures_.upper_bound(acknowledgedUpTo_);
+    // Stream order: a failure in (acknowledged, batch].
+    auto first = failures_.upper_bound(acknowledged);
     if (first != failures_.end() && first->first <= batch) {
       return first->second;
     }
-    for (auto it = batchWaits_.upper_bound(acknowledgedUpTo_);
+    for (auto it = batchWaits_.upper_bound(acknowledged);
          it != batchWaits_.end() && it->first <= batch; ++it) {
       unresolved.emplace_back(it->first, it->second);
     }
@@ -335,7 +336,7 @@ std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch) {
     batchWaits_.erase(waiter);
     if (cause) {
       failures_.emplace(waiter, cause);
-      if (waiter > acknowledgedUpTo_) {
+      if (waiter > acknowledgedUpTo_.load(std::memory_order_relaxed)) {
         return cause;
       }
     }
@@ -343,8 +344,8 @@ std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch) {
   return nullptr;
 }
 
-void Stream::raiseIfFailed(uint64_t batch) {
-  if (auto failure = failureOf(batch)) {
+void Stream::raiseIfFailed(uint64_t batch, bool includeAcknowledged) {
+  if (auto failure = failureOf(batch, includeAcknowledged)) {
     racePoint(SchedulePoint::ErrorDelivery);
     throw CommandBufferError(*failure);
   }
@@ -352,7 +353,7 @@ void Stream::raiseIfFailed(uint64_t batch) {
 
 void Stream::acknowledge(uint64_t batch) {
   std::lock_guard<std::mutex> lock(progressMutex_);
-  acknowledgedUpTo_ = std::max(acknowledgedUpTo_, batch);
+  raiseToAtLeast(acknowledgedUpTo_, batch);
 }
 
 void Stream::waitCompleted(uint64_t batch) {
@@ -369,7 +370,7 @@ void Stream::waitCompleted(uint64_t batch) {
 }
 
 void Stream::rethrowGpuError() {
-  raiseIfFailed(submittedBatch());
+  raiseIfFailed(submittedBatch(), /*includeAcknowledged=*/false);
 }
 
 void Stream::addCompletedHandler(CompletionHandler handler) {
@@ -389,9 +390,21 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
   // really encoded in (serving a close request during the waits may have moved it on).
   thread_local std::vector<StreamUse> dependencies;
   dependencies.clear();
-  runtime_.bufferUses().dependOnAndRecord(*this, uses, count, openBatch(), dependencies);
+  thread_local std::vector<StreamUse> ownWrites;
+  ownWrites.clear();
+  runtime_.bufferUses().dependOnAndRecord(*this, uses, count, openBatch(), dependencies,
+                                          &ownWrites);
   testHook(TestHook::BufferUsesBeforeWaits, this);
   racePoint(SchedulePoint::BufferDependencies);
+  // Our own earlier writes are ordered by our queue; but one from a batch whose failure was
+  // already acknowledged (told to a previous owner of this stream) no longer reaches us in
+  // stream order, so it is a batch dependency of its own (Note [GPU errors belong to batches]).
+  const uint64_t acknowledged = acknowledgedUpTo_.load(std::memory_order_acquire);
+  for (const StreamUse& write : ownWrites) {
+    if (write.batch <= acknowledged) {
+      openBatchWaits_.emplace_back(this, write.batch);
+    }
+  }
   for (const StreamUse& dependency : dependencies) {
     waitForStream(*dependency.stream, dependency.batch);
   }

@@ -18,6 +18,16 @@
 // dispatch(), i.e. on the stream's serial executor. The accessors below check it and raise
 // ContractError otherwise (upstream PR 198039 asserts the same in commandEncoder()). Only the
 // atomics documented as "any thread" may be read from outside.
+// "On the executor" is what counts, however the thread got there: a raw
+// dispatch_sync(torch::mps::get_dispatch_queue(), ^{...}) block is on the queue too (issue
+// 8.11). That is PyTorch's documented pattern for custom Metal kernels (docs "Custom Metal
+// kernels" / torch::mps::get_command_buffer + get_dispatch_queue), and it is as safe as
+// dispatch(): the executor is serial, so nobody else touches the stream meanwhile. What a raw
+// block does not get is what dispatch() adds around the body: C++ exceptions are not carried
+// back (GCD blocks must not throw), close requests are served only when the block has left
+// (the waiter commits from inside the queue once it is free), and ReentryError / the
+// nested-queue check rely on the executor's own reentry check. Off the executor (no dispatch,
+// no raw block) every accessor raises ContractError.
 //
 // Note [Closing a batch on request]
 // A stream that must wait for work another stream has encoded but not yet committed cannot
@@ -47,7 +57,9 @@
 //   resolved lazily, by whoever asks (failureOf), since the failed batch's completion handler
 //   may run after the dependent's;
 // - a wait on an already failed batch (waitForStream) raises at once;
-// - Event::synchronize and device synchronize raise the failure of what they waited for.
+// - Event::synchronize raises the failure of the batch it recorded; device synchronize and a
+//   stream's synchronize raise the failures not yet told to the owner (includeAcknowledged
+//   false), so a failure does not stay sticky for everyone once its owner was told or left.
 // A thread whose work depends on no failed batch never receives the error. Failures are kept
 // for the last kMaxRememberedBatches failed batches of a stream, and batch dependencies for
 // as many batches: an error older than that is no longer delivered (counted in gpuErrors).
@@ -156,13 +168,16 @@ class Stream {
   void closeUpTo(uint64_t batch);
   // Note [GPU errors belong to batches]. The failure carried by batch `batch` (completed:
   // waits for its completion handler first), or nullptr. Any thread, no queue held.
-  std::shared_ptr<const std::string> failureOf(uint64_t batch);
+  // With includeAcknowledged false, a failure already told to the owner (acknowledge) is not
+  // returned for its own batch either: what a synchronize covering "everything up to now"
+  // raises, as opposed to a dependent of exactly that batch (a reader, a wait, an event).
+  std::shared_ptr<const std::string> failureOf(uint64_t batch, bool includeAcknowledged = true);
   // Raises CommandBufferError if batch `batch` carries a failure.
-  void raiseIfFailed(uint64_t batch);
+  void raiseIfFailed(uint64_t batch, bool includeAcknowledged = true);
   // The owner has been told about failures up to `batch`: later batches no longer carry
   // them in stream order (batches that failed or were poisoned keep theirs).
   void acknowledge(uint64_t batch);
-  // raiseIfFailed(submittedBatch()): what a synchronize of everything submitted raises.
+  // raiseIfFailed(submittedBatch(), false): what a synchronize of everything submitted raises.
   void rethrowGpuError();
   // Policy hook: with it set, COMMIT_ADAPTIVE commits when it returns true.
   StreamCounters& counters() {
@@ -232,7 +247,7 @@ class Stream {
   static constexpr size_t kMaxRememberedBatches = 1024;
   std::map<uint64_t, std::shared_ptr<const std::string>> failures_; // failed or poisoned
   std::map<uint64_t, std::vector<std::pair<Stream*, uint64_t>>> batchWaits_; // unresolved
-  uint64_t acknowledgedUpTo_ = 0;
+  std::atomic<uint64_t> acknowledgedUpTo_{0}; // written under progressMutex_
   StreamCounters counters_;
 };
 

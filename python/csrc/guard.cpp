@@ -111,10 +111,12 @@ class SimGuardImpl final : public c10::impl::DeviceGuardImplInterface {
     return stream.completedBatch() >= stream.batchOfLatestWork();
   }
   void synchronizeStream(const c10::Stream& s) const override {
-    // Through an event: commits the stream's open batch on its queue, then waits on the CPU.
-    ts::Event event;
-    event.record(runtimeStream(s));
-    event.synchronize();
+    // Commits the stream's open batch on its queue, then waits on the CPU; raises a failure
+    // not yet told to the stream's owner (Note [GPU errors belong to batches]).
+    ts::Stream& stream = runtimeStream(s);
+    ts::runOnQueue(stream, [&] { stream.synchronize(ts::SyncType::COMMIT); });
+    stream.waitCompleted(stream.submittedBatch());
+    stream.rethrowGpuError();
   }
   void synchronizeDevice(const c10::DeviceIndex) const override {
     runtime().synchronizeDevice();

@@ -124,3 +124,45 @@ TEST_CASE("gpu errors: unrelated streams and a pool stream's next owner never re
 }
 
 } // namespace mpsts_test
+
+namespace mpsts_test {
+
+TEST_CASE("gpu errors: the next owner of a pool stream reading the failed output gets the error",
+          "[errors][issue8]") {
+  RuntimeOptions options;
+  options.threadsafe = true;
+  SimRuntime env(options);
+  Stream* failedOn = nullptr;
+  int buffer = 0;
+  ThreadGroup first;
+  first.spawn([&] {
+    Stream& mine = env.rt().currentStream();
+    failedOn = &mine;
+    failThenWrite(mine, &buffer); // exits without synchronizing: the stream is given back
+  });
+  first.joinAndRethrow();
+  std::string reader;
+  ThreadGroup second;
+  second.spawn([&] {
+    Stream& mine = env.rt().currentStream();
+    if (&mine != failedOn) {
+      reader = "bound to another stream";
+      return;
+    }
+    const BufferUse read{&buffer, BufferUse::Access::Read};
+    try {
+      mine.dispatch([&] {
+        mine.useBuffers(&read, 1);
+        encodeKernel(mine, [] {});
+        mine.synchronize(SyncType::COMMIT_AND_WAIT);
+      });
+      reader = "no error";
+    } catch (const CommandBufferError& e) {
+      reader = e.what();
+    }
+  });
+  second.joinAndRethrow();
+  REQUIRE_THAT(reader, Contains("index 100 out of range"));
+}
+
+} // namespace mpsts_test

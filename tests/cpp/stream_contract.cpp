@@ -139,3 +139,36 @@ TEST_CASE("stream contract: entering a queue while holding a serialization domai
 }
 
 } // namespace mpsts_test
+
+namespace mpsts_test {
+
+TEST_CASE("contract: a raw entry into the executor is on the queue, anywhere else raises",
+          "[contract][issue8]") {
+  SimRuntime env;
+  Stream& a = env.rt().stream(1);
+  Stream& b = env.rt().stream(2);
+  auto ran = std::make_shared<std::atomic<bool>>(false);
+  // PyTorch's custom-kernel pattern: dispatch_sync(get_dispatch_queue(), ^{ encode; commit }).
+  bool currentInside = false;
+  bool otherCurrentInside = true;
+  a.executor().dispatchSync([&] {
+    currentInside = a.isCurrent();
+    otherCurrentInside = b.isCurrent();
+    encodeKernel(a, [ran] { ran->store(true); });
+    a.synchronize(SyncType::COMMIT_AND_WAIT);
+  });
+  REQUIRE(currentInside);
+  REQUIRE_FALSE(otherCurrentInside);
+  REQUIRE(ran->load());
+  // Off the executor: raises, never touches the buffer.
+  REQUIRE_FALSE(a.isCurrent());
+  REQUIRE_THROWS_AS(a.commandEncoder(), ContractError);
+  REQUIRE_THROWS_AS(a.synchronize(SyncType::COMMIT), ContractError);
+  // Inside a's executor is not inside b's.
+  a.executor().dispatchSync([&] { REQUIRE_THROWS_AS(b.commandBuffer(), ContractError); });
+  // dispatch() from inside a raw block on the same executor is refused, not a deadlock.
+  a.executor().dispatchSync([&] { REQUIRE_THROWS_AS(a.dispatch([] {}), ReentryError); });
+  REQUIRE(env.device().stats().violations == 0);
+}
+
+} // namespace mpsts_test
