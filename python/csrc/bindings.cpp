@@ -11,6 +11,12 @@
 #include "errors.h"
 #include "ops.h"
 #include "runtime_access.h"
+#include "test_hooks.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
 
 namespace py = pybind11;
 
@@ -142,6 +148,58 @@ ts::sim::RacePoint parseRacePoint(const std::string& name) {
 } // namespace
 } // namespace mps_sim
 
+namespace {
+
+namespace ts = at::mps::threadsafe;
+
+// Test support (Note [Test hooks]): the first `parties` threads that reach `point` wait there
+// until all of them have, so a test makes one interleaving certain. A party that waits more
+// than 30 s goes on (the test then fails on its result instead of hanging).
+struct TestBarrier {
+  std::mutex mutex;
+  std::condition_variable cv;
+  ts::TestHook point{};
+  int parties = 0;
+  int arrived = 0;
+};
+
+ts::TestHook parseTestHook(const std::string& name) {
+  if (name == "buffer_uses_before_waits") {
+    return ts::TestHook::BufferUsesBeforeWaits;
+  }
+  if (name == "thread_unbind") {
+    return ts::TestHook::ThreadUnbind;
+  }
+  throw ts::InvalidArgument("no test hook named '" + name + "'");
+}
+
+std::unique_ptr<ts::TestHookScope>& testHookScope() {
+  static auto* scope = new std::unique_ptr<ts::TestHookScope>();
+  return *scope;
+}
+
+void setTestBarrier(const std::string& pointName, int parties) {
+  auto barrier = std::make_shared<TestBarrier>();
+  barrier->point = parseTestHook(pointName);
+  barrier->parties = parties;
+  testHookScope().reset();
+  testHookScope() = std::make_unique<ts::TestHookScope>([barrier](ts::TestHook point, ts::Stream*) {
+    if (point != barrier->point) {
+      return;
+    }
+    std::unique_lock<std::mutex> lock(barrier->mutex);
+    if (barrier->arrived >= barrier->parties) {
+      return;
+    }
+    ++barrier->arrived;
+    barrier->cv.notify_all();
+    barrier->cv.wait_for(lock, std::chrono::seconds(30),
+                         [&] { return barrier->arrived >= barrier->parties; });
+  });
+}
+
+} // namespace
+
 PYBIND11_MODULE(_C, m) {
   using namespace mps_sim;
   m.doc() = "mps_threadsafe runtime bindings and the mps_sim device";
@@ -224,4 +282,7 @@ PYBIND11_MODULE(_C, m) {
     emptyCache();
   });
   m.def("implemented_ops", &implementedOps);
+  m.def("_set_test_barrier", &setTestBarrier, py::arg("point"), py::arg("parties"),
+        "Test only: the first `parties` threads reaching `point` wait for each other there.");
+  m.def("_clear_test_hook", [] { testHookScope().reset(); });
 }
