@@ -6,6 +6,10 @@
 #                       builds, through CTest), then the Python tests once python/ exists
 #   ./build.sh story    the story suite (python/) on mps or else mps_sim: thread safety off, then on
 #   ./build.sh bench    build Release and run the microbenchmark (tools/microbench)
+#   ./build.sh soak     schedule-exploration soak (tools/soak, docs/reliability.md); needs only
+#                       cmake and a C++20 compiler. No arguments: every pair of ops x 100 seeds,
+#                       then 12,500 random 8-thread rounds (100,000 op-rounds); arguments go to
+#                       tools/soak (e.g. ./build.sh soak soak --threads 8 --minutes 8)
 #   ./build.sh wheel    the patched PyTorch wheel (macOS arm64 only)
 #   ./build.sh clean    remove build/
 #
@@ -305,6 +309,30 @@ cmd_bench() {
   "$BUILD_ROOT/release/tools/microbench" "$@"
 }
 
+# ./build.sh soak [tools/soak arguments]: the schedule-exploration soak, built in build/soak
+# without the tests (BUILD_TESTING=OFF), so Catch2 is not needed.
+cmd_soak() {
+  command -v cmake >/dev/null 2>&1 || die "cmake is needed"
+  local compiler
+  compiler=$(command -v "$CXX_COMPILER") || die "compiler '$CXX_COMPILER' not found"
+  local dir="$BUILD_ROOT/soak"
+  log "configuring build/soak (Release, tools only, $CXX_COMPILER)"
+  cmake -S "$REPO" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="$compiler" \
+    -DBUILD_TESTING=OFF -DMPSTS_WERROR="$WERROR" >/dev/null
+  cmake --build "$dir" -j "$JOBS" --target soak
+  if [[ $# -gt 0 ]]; then
+    log "tools/soak $*"
+    "$dir/tools/soak" "$@"
+    return
+  fi
+  local status=0
+  log "tools/soak explore --seeds 100 --quiet (every pair of ops, 10,500 rounds)"
+  "$dir/tools/soak" explore --seeds 100 --quiet || status=1
+  log "tools/soak soak --threads 8 --rounds 12500 (100,000 checked op-rounds)"
+  "$dir/tools/soak" soak --threads 8 --rounds 12500 || status=1
+  return $status
+}
+
 # ./build.sh wheel: the patched PyTorch wheel, built by tools/build_wheel.sh on macOS arm64.
 cmd_wheel() {
   if [[ $(uname -s) != Darwin || $(uname -m) != arm64 ]]; then
@@ -330,6 +358,7 @@ main() {
     "") cmd_default ;;
     test) cmd_test "$@" ;;
     bench) cmd_bench "$@" ;;
+    soak) cmd_soak "$@" ;;
     wheel) cmd_wheel "$@" ;;
     clean) cmd_clean ;;
     story) cmd_story "$@" ;;

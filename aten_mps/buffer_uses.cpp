@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <functional>
 
+#include "schedule.h"
+
 namespace at::mps::threadsafe {
 
 namespace {
@@ -139,6 +141,7 @@ bool PendingFrees::passed(const StreamUse& use, const Stream* requester) {
 }
 
 bool PendingFrees::add(void* buffer, std::vector<StreamUse> uses, const Stream* owner) {
+  racePoint(SchedulePoint::PendingFreesAdd);
   const bool deferred = std::any_of(uses.begin(), uses.end(),
                                     [&](const StreamUse& use) { return !passed(use, owner); });
   if (deferred) {
@@ -150,6 +153,7 @@ bool PendingFrees::add(void* buffer, std::vector<StreamUse> uses, const Stream* 
 }
 
 std::vector<void*> PendingFrees::takeReusable(const Stream* requester) {
+  racePoint(SchedulePoint::PendingFreesTake);
   std::vector<void*> reusable;
   std::lock_guard<std::mutex> lock(mutex_);
   auto stillPending = std::stable_partition(entries_.begin(), entries_.end(), [&](const Entry& entry) {

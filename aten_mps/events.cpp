@@ -1,5 +1,7 @@
 #include "events.h"
 
+#include "schedule.h"
+
 namespace at::mps::threadsafe {
 
 void runOnQueue(Stream& stream, FunctionRef<void()> fn) {
@@ -16,6 +18,7 @@ void Event::record(Stream& stream) {
     stream.synchronize(SyncType::COMMIT);
     batch = stream.submittedBatch();
   });
+  racePoint(SchedulePoint::EventRecord);
   std::lock_guard<std::mutex> lock(mutex_);
   stream_ = &stream;
   batch_ = batch;
@@ -29,6 +32,7 @@ void Event::wait(Stream& waiter) {
     stream = stream_;
     batch = batch_;
   }
+  racePoint(SchedulePoint::EventWait);
   if (stream == nullptr) {
     return;
   }
@@ -48,6 +52,7 @@ void Event::synchronize() const {
     stream = stream_;
     batch = batch_;
   }
+  racePoint(SchedulePoint::EventWait);
   if (stream == nullptr) {
     return;
   }
@@ -71,7 +76,9 @@ void waitStream(Stream& waiter, Stream& producer) {
   runOnQueue(waiter, [&] {
     // Work the producer has encoded but not committed counts too (as in CUDA, where every
     // launched kernel is enqueued); waitForStream gets that batch closed first.
-    waiter.waitForStream(producer, producer.batchOfLatestWork());
+    const uint64_t batch = producer.batchOfLatestWork();
+    racePoint(SchedulePoint::WaitStreamRead);
+    waiter.waitForStream(producer, batch);
   });
 }
 

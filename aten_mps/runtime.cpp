@@ -5,6 +5,7 @@
 
 #include "errors.h"
 #include "events.h"
+#include "schedule.h"
 #include "test_hooks.h"
 
 namespace at::mps::threadsafe {
@@ -170,6 +171,7 @@ Stream& Runtime::currentStream() {
   binding.policyEpoch = policyEpoch_.load(std::memory_order_seq_cst);
   const bool on = threadsafe_.load(std::memory_order_seq_cst);
   testHook(TestHook::PolicyRead);
+  racePoint(SchedulePoint::PolicyRead);
   if (!on) {
     binding.policyStream = &defaultStream();
     return *binding.policyStream;
@@ -235,6 +237,7 @@ void Runtime::releaseThreadStream() {
 }
 
 void Runtime::unbind(Stream& stream) noexcept {
+  racePoint(SchedulePoint::ThreadUnbind);
   try {
     // The thread's open batch is committed, never dropped; a GPU error in it is reported by
     // the next synchronize that covers this stream.
@@ -290,6 +293,7 @@ void Runtime::setThreadsafe(bool on) {
   for (Stream* stream : createdStreams()) {
     stream->waitCompleted(stream->submittedBatch());
   }
+  racePoint(SchedulePoint::SetThreadsafe);
   threadsafe_.store(on, std::memory_order_seq_cst);
 }
 
@@ -323,6 +327,7 @@ void Runtime::synchronizeDevice() {
   if (mine != nullptr) {
     runOnQueue(*mine, [&] { mine->synchronize(SyncType::COMMIT); });
   }
+  racePoint(SchedulePoint::DeviceSynchronize);
   const std::vector<Stream*> streams = createdStreams();
   // Work other threads encoded and left in an open batch counts too: a thread that returned
   // from Python's join() may not have given its stream back yet (Note [Device-wide

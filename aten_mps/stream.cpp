@@ -7,6 +7,7 @@
 #include "domains.h"
 #include "errors.h"
 #include "runtime.h"
+#include "schedule.h"
 #include "test_hooks.h"
 
 namespace at::mps::threadsafe {
@@ -93,6 +94,7 @@ void Stream::dispatch(FunctionRef<void()> fn) {
                            "queue, never around it (Note [Domain lock order])");
   }
   counters_.dispatches.add();
+  racePoint(SchedulePoint::DispatchEnter);
   auto body = [&] {
     InsideScope inside(*this, runtime_.counters());
     try {
@@ -106,6 +108,7 @@ void Stream::dispatch(FunctionRef<void()> fn) {
       }
       throw;
     }
+    racePoint(SchedulePoint::DispatchExit);
     serveCloseRequests();
     if (runtime_.choseByStalePolicy(*this) && !leaseOut()) {
       synchronize(SyncType::COMMIT); // Note [Switching the policy]
@@ -236,6 +239,7 @@ void Stream::commitBatch(bool keepCommandBufferOpen) {
   }
   openBatchWaits_.clear();
   CommandBuffer& buffer = *commandBuffer_;
+  racePoint(SchedulePoint::CommitSignal);
   buffer.encodeSignalEvent(*timeline_, batch);
   buffer.addCompletedHandler([this, batch](CommandBufferStatus status, const std::string& error) {
     onBatchCompleted(batch, status, error);
@@ -246,8 +250,10 @@ void Stream::commitBatch(bool keepCommandBufferOpen) {
     buffer.commit();
     commandBuffer_.reset();
   }
+  racePoint(SchedulePoint::CommitSubmitted);
   counters_.commandBuffersSubmitted.add();
   testHook(TestHook::CommitBeforePublish, this);
+  racePoint(SchedulePoint::CommitPublish);
   {
     // Notify under the lock: a woken waiter may go on to destroy the runtime, and with it
     // this condition variable. One store publishes "batch submitted, next one open and
@@ -272,6 +278,7 @@ void Stream::commitAndWait() {
 
 void Stream::onBatchCompleted(uint64_t batch, CommandBufferStatus status, const std::string& error) {
   testHook(TestHook::BatchCompleted, this);
+  racePoint(SchedulePoint::CompletionHandler);
   {
     std::lock_guard<std::mutex> lock(progressMutex_);
     if (status == CommandBufferStatus::Error) {
@@ -339,6 +346,7 @@ std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch, bool includ
 
 void Stream::raiseIfFailed(uint64_t batch, bool includeAcknowledged) {
   if (auto failure = failureOf(batch, includeAcknowledged)) {
+    racePoint(SchedulePoint::ErrorDelivery);
     throw CommandBufferError(*failure);
   }
 }
@@ -387,6 +395,7 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
   runtime_.bufferUses().dependOnAndRecord(*this, uses, count, openBatch(), dependencies,
                                           &ownWrites);
   testHook(TestHook::BufferUsesBeforeWaits, this);
+  racePoint(SchedulePoint::BufferDependencies);
   // Our own earlier writes are ordered by our queue; but one from a batch whose failure was
   // already acknowledged (told to a previous owner of this stream) no longer reaches us in
   // stream order, so it is a batch dependency of its own (Note [GPU errors belong to batches]).
@@ -399,6 +408,7 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
   for (const StreamUse& dependency : dependencies) {
     waitForStream(*dependency.stream, dependency.batch);
   }
+  racePoint(SchedulePoint::BufferRecord);
   runtime_.bufferUses().settle(*this, uses, count, openBatch(), dependencies);
 }
 
@@ -457,6 +467,7 @@ void Stream::closeUpTo(uint64_t batch) {
   Stream* inside = tlsInsideStream;
   requestClose(batch);
   while (submittedBatch() < batch) {
+    racePoint(SchedulePoint::EnsureSubmitted);
     const bool served = executor().tryDispatchSync([&] {
       InsideScope scope(*this, runtime_.counters());
       serveCloseRequests();
@@ -479,10 +490,12 @@ void Stream::serveCloseRequestsUpTo(uint64_t batch) {
 }
 
 void Stream::requestClose(uint64_t batch) {
+  racePoint(SchedulePoint::CloseRequest);
   raiseToAtLeast(closeRequestedUpTo_, batch);
 }
 
 void Stream::serveCloseRequests() {
+  racePoint(SchedulePoint::CloseRequest);
   if (closeRequestedUpTo_.load(std::memory_order_acquire) < openBatch() ||
       leaseOut_.load(std::memory_order_acquire)) {
     return;

@@ -66,7 +66,7 @@ endforeach()
 
 add_executable(runtime_tests ${MPSTS_TEST_SOURCES})
 # tests/cpp/main.cpp has the main() (Catch::Session) for both versions: plain Catch2::Catch2.
-target_link_libraries(runtime_tests PRIVATE mps_threadsafe_runtime Catch2::Catch2)
+target_link_libraries(runtime_tests PRIVATE mps_threadsafe_runtime mpsts_exploration Catch2::Catch2)
 target_compile_definitions(runtime_tests PRIVATE MPSTS_CATCH2_MAJOR=${MPSTS_CATCH2_MAJOR})
 target_include_directories(runtime_tests PRIVATE "${MPSTS_ROOT}/tests/cpp")
 set_target_properties(runtime_tests PROPERTIES CXX_EXTENSIONS OFF)

@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <exception>
 
+#include "../schedule.h"
+
 namespace at::mps::threadsafe::sim {
 namespace {
 
@@ -95,6 +97,7 @@ void GpuQueue::execute(const std::shared_ptr<SimDevice::State>& state, Segment& 
         if (failure) {
           break;
         }
+        racePoint(SchedulePoint::GpuKernel);
         try {
           command.kernel();
           bump(counters.kernelsExecuted);
@@ -129,6 +132,7 @@ void GpuQueue::execute(const std::shared_ptr<SimDevice::State>& state, Segment& 
   if (segment.final) {
     segment.final->setStatus(status);
   }
+  racePoint(SchedulePoint::GpuComplete);
   bump(counters.segmentsCompleted);
   if (segment.handlers.empty() && !segment.final) {
     return;

@@ -62,6 +62,14 @@ void SimDevice::setRaceWindow(RacePoint point, uint32_t microseconds) {
   state_->raceWindowUs[index].store(microseconds, std::memory_order_relaxed);
 }
 
+void SimDevice::setRaceMeeting(RacePoint point, uint32_t timeoutUs) {
+  const auto index = static_cast<size_t>(point);
+  if (index >= kRacePointCount) {
+    throw InvalidArgument("SimDevice::setRaceMeeting: no such race point");
+  }
+  state_->raceMeetingUs[index].store(timeoutUs, std::memory_order_relaxed);
+}
+
 Stats SimDevice::stats() const {
   const SimCounters& c = state_->counters;
   auto get = [](const std::atomic<uint64_t>& counter) {
@@ -78,6 +86,8 @@ Stats SimDevice::stats() const {
   stats.eventWaits = get(c.eventWaits);
   stats.violations = get(c.violations);
   stats.maxConcurrentQueues = get(c.maxConcurrentQueues);
+  stats.raceMeetings = get(c.raceMeetings);
+  stats.raceMeetingTimeouts = get(c.raceMeetingTimeouts);
   return stats;
 }
 

@@ -46,6 +46,9 @@ struct Config {
   ViolationPolicy policy = ViolationPolicy::Abort;
   // Microseconds to linger at each RacePoint (0: none). A thread yields at least once there.
   std::array<uint32_t, static_cast<size_t>(RacePoint::kCount)> raceWindowUs{};
+  // Microseconds a thread inside an object at each RacePoint waits for a second thread to try
+  // that object (0: off): Note [Race meetings] in inside.cpp.
+  std::array<uint32_t, static_cast<size_t>(RacePoint::kCount)> raceMeetingUs{};
   // Released objects kept poisoned before their memory is reused.
   size_t quarantine = 4096;
 };
@@ -61,6 +64,8 @@ struct Stats {
   uint64_t eventWaits = 0;
   uint64_t violations = 0;
   uint64_t maxConcurrentQueues = 0; // most GPU queues executing at the same time
+  uint64_t raceMeetings = 0; // race meetings where a second thread came (Note [Race meetings])
+  uint64_t raceMeetingTimeouts = 0; // race meetings where none came in time
 };
 
 // A cached object shared by every stream that the driver does not make safe to encode from
@@ -107,6 +112,10 @@ class SimDevice : public Device {
   void setPolicy(ViolationPolicy policy);
   ViolationPolicy policy() const;
   void setRaceWindow(RacePoint point, uint32_t microseconds);
+  // Makes races at `point` certain (Note [Race meetings] in inside.cpp): a thread inside an
+  // object there stays inside until another thread has tried to enter that object, for at
+  // most `timeoutUs` (0: off).
+  void setRaceMeeting(RacePoint point, uint32_t timeoutUs);
 
   Stats stats() const;
   // Messages of the violations seen (policies Throw and Count), oldest first.

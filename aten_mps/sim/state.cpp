@@ -13,6 +13,7 @@ SimDevice::State::State(const Config& config)
     : policy(config.policy), quarantine(config.quarantine) {
   for (size_t i = 0; i < kRacePointCount; ++i) {
     raceWindowUs[i].store(config.raceWindowUs[i], std::memory_order_relaxed);
+    raceMeetingUs[i].store(config.raceMeetingUs[i], std::memory_order_relaxed);
   }
 }
 
@@ -51,6 +52,25 @@ void SimDevice::State::linger(RacePoint point) const {
   }
   std::this_thread::yield();
   std::this_thread::sleep_for(std::chrono::microseconds(us));
+}
+
+void SimDevice::State::awaitContender(RacePoint point, FunctionRef<bool()> contended) {
+  const uint32_t us = raceMeetingUs[static_cast<size_t>(point)].load(std::memory_order_relaxed);
+  if (us == 0) {
+    return;
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+  while (!contended()) {
+    if (raceMeetingUs[static_cast<size_t>(point)].load(std::memory_order_relaxed) == 0) {
+      return; // switched off: releases the threads waiting in a meeting
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      bump(counters.raceMeetingTimeouts);
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  bump(counters.raceMeetings);
 }
 
 void SimDevice::State::enterExecution() noexcept {

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "../function_ref.h"
 #include "job_thread.h"
 #include "quarantine.h"
 #include "sim_device.h"
@@ -37,6 +38,8 @@ struct SimCounters {
   std::atomic<uint64_t> violations{0};
   std::atomic<uint64_t> executingQueues{0}; // GPU threads running a segment right now
   std::atomic<uint64_t> maxConcurrentQueues{0};
+  std::atomic<uint64_t> raceMeetings{0};
+  std::atomic<uint64_t> raceMeetingTimeouts{0};
 };
 
 inline void bump(std::atomic<uint64_t>& counter) noexcept {
@@ -53,6 +56,9 @@ struct SimDevice::State {
   void violation(ViolationKind kind, const std::string& message);
   // The race-window knob: lingers at `point` if a window is set (yields at least once).
   void linger(RacePoint point) const;
+  // Note [Race meetings]: waits at `point` until `contended()` or the meeting's timeout;
+  // returns at once when no meeting is set there.
+  void awaitContender(RacePoint point, FunctionRef<bool()> contended);
 
   // A GPU thread starts / stops executing a segment (maxConcurrentQueues).
   void enterExecution() noexcept;
@@ -66,6 +72,7 @@ struct SimDevice::State {
 
   std::atomic<ViolationPolicy> policy;
   std::array<std::atomic<uint32_t>, kRacePointCount> raceWindowUs;
+  std::array<std::atomic<uint32_t>, kRacePointCount> raceMeetingUs;
   SimCounters counters;
   Quarantine quarantine;
   JobThread handlerThread; // runs every completion handler of the device, in segment order

@@ -2,6 +2,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -9,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "fork.h"
 #include "runtime_access.h"
 
 namespace mps_sim {
@@ -19,6 +21,15 @@ namespace {
 // completed yet: safe for that stream only. Such blocks go to that stream's own free list;
 // blocks every user has finished with (takeReusable(nullptr)) go to the shared list. A block
 // never moves from a stream's list to another stream.
+//
+// Note [Emptying the cache]
+// emptyCache returns to the host every cached block no stream can still touch: those of the
+// shared list and of every stream's list whose recorded uses have all completed on the GPU
+// (a block on a stream's list may still be read by that stream's open or running batch, and
+// a block freed in the unsafe mode may still be used by any stream). The uses recorded at
+// release are kept with the block until it is handed out again or returned to the host.
+// Blocks still pending, or still in use, stay cached; with nothing in flight the cache ends
+// empty.
 constexpr size_t kAlignment = 64;
 constexpr int kSharedList = -1;
 
@@ -66,6 +77,9 @@ class SimAllocator final : public c10::Allocator {
   }
 
   static void freeBlock(void* block) {
+    if (inBadFork()) {
+      return; // the parent's block, in a child that must not touch the device (fork.cpp)
+    }
     instance().release(block);
   }
 
@@ -75,43 +89,67 @@ class SimAllocator final : public c10::Allocator {
   }
 
   AllocatorStats stats() {
+    checkNotInBadFork(); // before mutex_, which the fork may have left held
     std::lock_guard<std::mutex> lock(mutex_);
     AllocatorStats out = stats_;
     out.pendingFrees = runtime().pendingFrees().size();
     return out;
   }
 
+  // Note [Emptying the cache]
   void emptyCache() {
+    checkNotInBadFork();
     collect(nullptr, kSharedList);
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto& shared = free_[kSharedList];
-    for (auto& [size, blocks] : shared) {
-      for (void* block : blocks) {
-        sizes_.erase(block);
-        stats_.cachedBytes -= size;
-        std::free(block);
+    std::vector<void*> toHost;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto& [listId, buckets] : free_) {
+        for (auto& [size, blocks] : buckets) {
+          auto keep = std::stable_partition(blocks.begin(), blocks.end(),
+                                            [&](void* block) { return !usesPassed(block); });
+          for (auto it = keep; it != blocks.end(); ++it) {
+            sizes_.erase(*it);
+            lastUses_.erase(*it);
+            stats_.cachedBytes -= size;
+            stats_.hostFrees++;
+            toHost.push_back(*it);
+          }
+          blocks.erase(keep, blocks.end());
+        }
       }
     }
-    shared.clear();
+    for (void* block : toHost) {
+      std::free(block);
+    }
   }
 
  private:
   void release(void* block) {
     ts::Runtime& rt = runtime();
     std::vector<ts::StreamUse> uses = rt.bufferUses().release(block);
-    if (rt.protections().deferredFrees) {
-      rt.pendingFrees().add(block, std::move(uses), rt.currentStreamIfAny());
-      std::lock_guard<std::mutex> lock(mutex_);
-      stats_.allocatedBytes -= sizes_.at(block);
-      stats_.cachedBytes += sizes_.at(block);
-      return;
+    const bool deferred = rt.protections().deferredFrees;
+    if (deferred) {
+      // The freeing stream may reuse the block at once: its own queue orders the uses.
+      rt.pendingFrees().add(block, uses, rt.currentStreamIfAny());
     }
-    // The deliberately unsafe mode: reusable at once, whoever still reads it.
     std::lock_guard<std::mutex> lock(mutex_);
     const size_t size = sizes_.at(block);
     stats_.allocatedBytes -= size;
     stats_.cachedBytes += size;
-    free_[kSharedList][size].push_back(block);
+    lastUses_[block] = std::move(uses); // Note [Emptying the cache]
+    if (!deferred) {
+      // The deliberately unsafe mode: reusable at once, whoever still reads it.
+      free_[kSharedList][size].push_back(block);
+    }
+  }
+
+  // Whether every use recorded for the cached `block` has completed (mutex_ held).
+  bool usesPassed(void* block) const {
+    auto uses = lastUses_.find(block);
+    return uses == lastUses_.end() ||
+           std::all_of(uses->second.begin(), uses->second.end(), [](const ts::StreamUse& use) {
+             return ts::PendingFrees::passed(use, nullptr);
+           });
   }
 
   // Moves the pending frees `requester` may reuse now into the free list `listId`.
@@ -138,6 +176,7 @@ class SimAllocator final : public c10::Allocator {
     }
     void* block = bucket->second.back();
     bucket->second.pop_back();
+    lastUses_.erase(block);
     stats_.reuses++;
     stats_.cachedBytes -= size;
     stats_.allocatedBytes += size;
@@ -163,6 +202,8 @@ class SimAllocator final : public c10::Allocator {
   std::mutex mutex_; // a leaf (Note [Buffer-use lock order]): nothing runtime-side runs under it
   std::unordered_map<void*, size_t> sizes_; // every block from the host, by address
   std::unordered_map<int, std::map<size_t, std::vector<void*>>> free_; // list id -> size -> blocks
+  // Uses recorded at release of every cached block (Note [Emptying the cache]).
+  std::unordered_map<void*, std::vector<ts::StreamUse>> lastUses_;
   AllocatorStats stats_;
 };
 

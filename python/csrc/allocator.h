@@ -17,11 +17,13 @@ struct AllocatorStats {
   size_t pendingFrees = 0; // freed blocks still used by some stream
   size_t hostAllocations = 0; // blocks taken from the host so far
   size_t reuses = 0; // allocations served from the cache
+  size_t hostFrees = 0; // cached blocks returned to the host by emptyCache
 };
 
 c10::Allocator* allocator();
 AllocatorStats allocatorStats();
-// Returns free cached blocks to the host (torch.mps_sim.empty_cache).
+// Returns to the host every cached block no stream can still use (torch.mps_sim.empty_cache;
+// Note [Emptying the cache] in allocator.cpp).
 void emptyCache();
 
 } // namespace mps_sim

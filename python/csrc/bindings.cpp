@@ -9,6 +9,7 @@
 
 #include "allocator.h"
 #include "errors.h"
+#include "fork.h"
 #include "ops.h"
 #include "runtime_access.h"
 #include "test_hooks.h"
@@ -71,6 +72,8 @@ py::dict simStats() {
   d["event_waits"] = s.eventWaits;
   d["violations"] = s.violations;
   d["max_concurrent_queues"] = s.maxConcurrentQueues;
+  d["race_meetings"] = s.raceMeetings;
+  d["race_meeting_timeouts"] = s.raceMeetingTimeouts;
   return d;
 }
 
@@ -114,6 +117,7 @@ py::dict runtimeStats() {
   alloc["pending_frees"] = a.pendingFrees;
   alloc["host_allocations"] = a.hostAllocations;
   alloc["reuses"] = a.reuses;
+  alloc["host_frees"] = a.hostFrees;
   d["allocator"] = alloc;
   return d;
 }
@@ -276,6 +280,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_race_window", [](const std::string& point, uint32_t microseconds) {
     simDevice().setRaceWindow(parseRacePoint(point), microseconds);
   }, py::arg("point"), py::arg("microseconds"));
+  m.def("set_race_meeting", [](const std::string& point, uint32_t timeoutUs) {
+    simDevice().setRaceMeeting(parseRacePoint(point), timeoutUs);
+  }, py::arg("point"), py::arg("timeout_us"));
+  m.def("_is_in_bad_fork", &inBadFork);
 
   m.def("empty_cache", [] {
     py::gil_scoped_release noGil;

@@ -1,6 +1,7 @@
 #include "runtime_access.h"
 
 #include "allocator.h"
+#include "fork.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -36,6 +37,7 @@ Global& global() {
   static std::once_flag once;
   static Global g;
   std::call_once(once, [] {
+    noteDeviceInitialized(); // first: a fork from now on leaves a bad fork (fork.cpp)
     ts::sim::Config config;
     config.policy = policyFromEnv();
     if (const char* us = std::getenv("MPS_SIM_RACE_WINDOW_US")) {
@@ -61,11 +63,14 @@ Global& global() {
 
 } // namespace
 
+// Note [Device use after fork] (fork.cpp): every use of the device comes through here.
 ts::Runtime& runtime() {
+  checkNotInBadFork();
   return *global().runtime;
 }
 
 ts::sim::SimDevice& simDevice() {
+  checkNotInBadFork();
   return *global().device;
 }
 

@@ -127,10 +127,12 @@ def build_parser():
         sub.set_defaults(command_parser=sub)  # for errors found after parsing
         sub.add_argument("--device", choices=DEVICES, default=None,
                          help="default: mps when available, else mps_sim")
-        sub.add_argument("--mode", action="append", choices=["on", "off", "unsafe"],
+        sub.add_argument("--mode", action="append", choices=["on", "off", "lock", "unsafe"],
                          help="repeatable. on: set_threadsafe(True); off: set_threadsafe(False), "
-                              "every thread on the shared stream; unsafe: off plus, on mps_sim, "
-                              "the runtime's protections off (upstream's behaviour). "
+                              "every thread on the shared stream; lock: off plus one global "
+                              "Python lock held around each model call and its result (what "
+                              "users do today); unsafe: off plus, on mps_sim, the runtime's "
+                              "protections off (upstream's behaviour). "
                               f"Default: {modes_default}")
         sub.add_argument("--quick", action="store_true", help="small sizes (CI)")
         sub.add_argument("--json", metavar="PATH", type=writable_file,
@@ -157,6 +159,9 @@ def build_parser():
                        help=f"default: {','.join(BENCH_MODELS)}; any of: {', '.join(ALL_MODELS)}")
     bench.add_argument("--threads", type=positive_int_list, metavar="N[,N...]",
                        help="thread counts (default 1,2,4,8; 1 is always run: the base of speedup)")
+    bench.add_argument("--shared-model", action="store_true",
+                       help="all threads call ONE model instance (what a server does) instead of "
+                            "a copy each")
     bench.add_argument("--plot", metavar="PATH", type=plot_file,
                        help="PNG of ops/s (log) and efficiency against threads (needs matplotlib)")
 

@@ -48,11 +48,13 @@ def set_device(device):
 
 
 def is_initialized():
-    return True
+    return not _C._is_in_bad_fork()
 
 
 def _is_in_bad_fork():
-    return False
+    """True in the child of a fork() made after the device was used: every use of the device
+    there raises RuntimeError (use the 'spawn' start method). Note [Device use after fork]."""
+    return _C._is_in_bad_fork()
 
 
 def manual_seed_all(seed):
@@ -130,6 +132,13 @@ def clear_violations():
 def set_race_window(point, microseconds):
     """Linger at a sim race point ('encoder', 'command_buffer', 'shared_object')."""
     _C.set_race_window(point, int(microseconds))
+
+
+def set_race_meeting(point, timeout_us):
+    """Makes races at a sim race point certain: a thread inside an object there stays inside
+    until another thread tries that object, for at most `timeout_us` (0: off). Note [Race
+    meetings] in aten_mps/sim/inside.cpp."""
+    _C.set_race_meeting(point, int(timeout_us))
 
 
 def synchronize(device=None):

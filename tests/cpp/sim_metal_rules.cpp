@@ -52,7 +52,11 @@ CommandBufferStatus commitAndWait(CommandBuffer& cb) {
 
 // Two threads call `a` and `b` from a common start, again and again until one of them
 // raises a MetalViolation (or `rounds` pass); returns the violations' kinds. With a race
-// window of some milliseconds at the point both go through, the first round overlaps.
+// meeting at the point both go through (Note [Race meetings]), the first round overlaps
+// whatever the load: the first thread inside stays there until the second tries the object.
+// Long enough never to expire on a loaded machine; a meeting ends when the contender comes.
+constexpr uint32_t kMeetingUs = 60'000'000;
+
 std::vector<Kind> race(const std::function<void()>& a, const std::function<void()>& b,
                        int rounds = 20) {
   std::vector<Kind> kinds;
@@ -186,12 +190,16 @@ TEST_CASE("sim rule: an encoder used by two threads at once is a violation",
     auto cb = sim.queue->makeCommandBuffer();
     auto encoder = cb->makeComputeEncoder();
     auto encode = [&] { sim::simEncoder(*encoder).dispatch([] {}); };
-    std::vector<Kind> kinds = race(encode, encode);
-    REQUIRE_FALSE(kinds.empty());
+    sim.device.setRaceMeeting(sim::RacePoint::EncoderCall, kMeetingUs);
+    std::vector<Kind> kinds = race(encode, encode, 1);
+    REQUIRE(kinds.size() == 1);
+    REQUIRE(sim.device.stats().raceMeetings == 1);
+    REQUIRE(sim.device.stats().raceMeetingTimeouts == 0);
     for (Kind kind : kinds) {
       REQUIRE(kind == Kind::ConcurrentUse);
     }
     REQUIRE(sim.device.stats().violations >= 1);
+    sim.device.setRaceMeeting(sim::RacePoint::EncoderCall, 0); // endEncoding has no contender
     encoder->endEncoding();
   }
   SECTION("two encoders of two command buffers, two threads: no violation") {
@@ -222,8 +230,11 @@ TEST_CASE("sim rule: a command buffer used by two threads at once is a violation
     auto cb = sim.queue->makeCommandBuffer();
     std::atomic<uint64_t> value{0};
     auto signal = [&] { cb->encodeSignalEvent(*event, ++value); };
-    std::vector<Kind> kinds = race(signal, signal);
-    REQUIRE_FALSE(kinds.empty());
+    sim.device.setRaceMeeting(sim::RacePoint::CommandBufferCall, kMeetingUs);
+    std::vector<Kind> kinds = race(signal, signal, 1);
+    REQUIRE(kinds.size() == 1);
+    REQUIRE(sim.device.stats().raceMeetings == 1);
+    REQUIRE(sim.device.stats().raceMeetingTimeouts == 0);
     for (Kind kind : kinds) {
       REQUIRE(kind == Kind::ConcurrentUse);
     }
@@ -251,9 +262,12 @@ TEST_CASE("sim rule: a shared object encoded by two threads at once is a violati
   auto encoderB = cbB->makeComputeEncoder();
 
   SECTION("one shared object through two encoders: ConcurrentUse") {
+    sim.device.setRaceMeeting(sim::RacePoint::SharedObjectEncode, kMeetingUs);
     std::vector<Kind> kinds = race([&] { sim::simEncoder(*encoderA).dispatchWith(graph, [] {}); },
-                                   [&] { sim::simEncoder(*encoderB).dispatchWith(graph, [] {}); });
-    REQUIRE_FALSE(kinds.empty());
+                                   [&] { sim::simEncoder(*encoderB).dispatchWith(graph, [] {}); }, 1);
+    REQUIRE(kinds.size() == 1);
+    REQUIRE(sim.device.stats().raceMeetings == 1);
+    REQUIRE(sim.device.stats().raceMeetingTimeouts == 0);
     for (Kind kind : kinds) {
       REQUIRE(kind == Kind::ConcurrentUse);
     }

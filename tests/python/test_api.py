@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from conftest import DEVICE, run_python
+from conftest import DEVICE, drain_all_streams, run_python
 
 
 def test_device_is_registered():
@@ -94,3 +94,47 @@ def test_implemented_ops_lists_the_models_ops():
     for op in ("aten::addmm", "aten::native_layer_norm", "aten::_softmax", "aten::_copy_from",
                "aten::cat", "aten::nonzero", "aten::_transformer_encoder_layer_fwd"):
         assert op in ops
+
+
+def test_empty_cache_returns_every_free_list_to_the_host():
+    # Note [Emptying the cache] (python/csrc/allocator.cpp): a block whose only user is a
+    # stream still running it goes to that stream's own free list; once the stream is done,
+    # empty_cache must return it to the host like any other cached block.
+    drain_all_streams()
+    torch.mps_sim.empty_cache()
+    base = torch.mps_sim.threadsafe_stats()["allocator"]
+    assert base["cached_bytes"] == 0 and base["pending_frees"] == 0, base
+    s = torch.mps_sim.Stream()
+    with torch.mps_sim.stream(s):
+        x = torch.ones(1000, device=DEVICE)
+        y = x + 1
+        del x  # pending: its use on `s` has not run
+        z = torch.ones(3000, device=DEVICE)  # moves x's block to `s`'s own free list
+    s.synchronize()
+    cached = torch.mps_sim.threadsafe_stats()["allocator"]
+    assert cached["cached_bytes"] >= 4096, cached  # x's block, in `s`'s list
+    torch.mps_sim.empty_cache()
+    after = torch.mps_sim.threadsafe_stats()["allocator"]
+    assert after["cached_bytes"] == 0, after
+    assert after["host_frees"] > cached["host_frees"]
+    assert after["allocated_bytes"] == cached["allocated_bytes"]  # y and z untouched
+    assert y.cpu().eq(2).all() and z.cpu().eq(1).all()
+
+
+def test_empty_cache_keeps_blocks_a_stream_may_still_read():
+    drain_all_streams()
+    torch.mps_sim.empty_cache()
+    s = torch.mps_sim.Stream()
+    with torch.mps_sim.stream(s):
+        x = torch.arange(1000, dtype=torch.float32, device=DEVICE)
+        s.synchronize()
+        y = x * 3  # left open on `s`
+        del x
+        z = torch.ones(3000, device=DEVICE)  # x's block goes to `s`'s list, still in use
+    torch.mps_sim.empty_cache()  # must not free it under the pending read
+    assert torch.mps_sim.threadsafe_stats()["allocator"]["cached_bytes"] >= 4096
+    torch.testing.assert_close(y.cpu(), torch.arange(1000, dtype=torch.float32) * 3)
+    s.synchronize()
+    torch.mps_sim.empty_cache()
+    assert torch.mps_sim.threadsafe_stats()["allocator"]["cached_bytes"] == 0
+    del z

@@ -89,15 +89,48 @@ def test_cross_stream_use_is_ordered_without_explicit_sync():
     assert waits > sum(s["cross_stream_waits"] for s in before["streams"])
 
 
-def test_record_stream_defers_reuse():
-    a = torch.mps_sim.Stream()
-    x = torch.randn(1024, device=DEVICE)
-    with torch.mps_sim.stream(a):
-        y = x * 2
-    x.record_stream(a)
+def free_while_another_stream_reads(reuse_size=4096):
+    """Frees a tensor whose read on another stream has been encoded but not run yet (that
+    stream's batch is left open, so the read is held back deterministically), then asks the
+    allocator for a block of the same size on the caller's stream and overwrites it at once.
+    Returns (the reader's result, the freed block's address, the new block's address, the
+    allocator counters before and after the free)."""
+    reader = torch.mps_sim.Stream()
+    x = torch.arange(reuse_size, dtype=torch.float32).to(DEVICE)  # the caller's stream
+    freed_address = x.data_ptr()
+    with torch.mps_sim.stream(reader):
+        y = x * 2  # encoded on `reader`, not committed: the read has not run
+    x.record_stream(reader)
+    assert not reader.query(), "the reader's batch must still be pending for this test"
+    before = torch.mps_sim.threadsafe_stats()
     del x
-    a.synchronize()
-    assert y.cpu().shape == (1024,)
+    after = torch.mps_sim.threadsafe_stats()
+    z = torch.empty(reuse_size, dtype=torch.float32, device=DEVICE)
+    new_address = z.data_ptr()
+    z.fill_(-1.0)
+    z.cpu()  # runs the overwrite now, before the reader's batch
+    reader.synchronize()
+    return y.cpu(), freed_address, new_address, before, after
+
+
+def test_record_stream_defers_reuse():
+    y, freed_address, new_address, before, after = free_while_another_stream_reads()
+    # The reader saw the values it was given, not the next owner's.
+    assert torch.equal(y, torch.arange(4096, dtype=torch.float32) * 2)
+    # The block was parked, counted as a deferred free, and not handed out.
+    assert after["deferred_frees"] == before["deferred_frees"] + 1
+    assert after["allocator"]["pending_frees"] == before["allocator"]["pending_frees"] + 1
+    assert new_address != freed_address
+
+
+def test_record_stream_test_fails_without_deferred_frees():
+    # The proof that the test above can fail: with the allocator's deferral switched off the
+    # block is handed out at once and the held-back reader reads the new owner's -1s.
+    torch.mps_sim.set_protections(True, deferred_frees=False)
+    y, freed_address, new_address, before, after = free_while_another_stream_reads()
+    assert new_address == freed_address
+    assert torch.equal(y, torch.full((4096,), -2.0))
+    assert after["deferred_frees"] == before["deferred_frees"]
 
 
 def test_stream_of_another_device_is_refused():

@@ -37,10 +37,16 @@ def test_model_moved_on_main_thread_runs_from_8_workers():
         expected = [model(x) for x in inputs]
     model = model.to(DEVICE)  # weights uploaded on the main thread's stream
     results = [None] * 8
+    all_bound = threading.Barrier(8)
+    stream_ids = []
 
     def work(i):
         with torch.no_grad():
             x = inputs[i].to(DEVICE)
+            # Every thread holds its pool stream before any runs the model, so the 8 run on
+            # 8 streams whatever the scheduler does.
+            all_bound.wait(120)
+            stream_ids.append(torch.mps_sim.current_stream().stream_id)
             for _ in range(3):
                 results[i] = model(x).cpu()
     errors = run_in_threads(8, work)
@@ -48,6 +54,7 @@ def test_model_moved_on_main_thread_runs_from_8_workers():
     for got, exp in zip(results, expected):
         torch.testing.assert_close(got, exp, atol=1e-4, rtol=1e-4)
     stats = sim_stats()
+    assert len(set(stream_ids)) == 8 and 0 not in stream_ids  # 8 pool streams at once
     assert stats["max_active_streams"] > 1
     assert stats["contract_violations"] == 0 and stats["sim"]["violations"] == 0
 
@@ -96,30 +103,52 @@ def test_counters_move_as_expected():
     assert after["sim"]["kernels_executed"] - before["sim"]["kernels_executed"] >= 11
 
 
+# The unprotected runs make their race certain, not likely (Note [Race meetings] in
+# aten_mps/sim/inside.cpp): at the race points named, the first thread inside a Metal object
+# stays there until a second thread tries that object, whatever the machine's load. A thread
+# that sees the first violation switches the meetings off, which releases any thread still
+# waiting in one. The meeting's timeout only bounds a broken run; meetings that timed out are
+# printed, and a run that caught nothing fails.
 UNSAFE_RUN = """
     import threading, torch, mps_threadsafe
     torch.mps_sim.set_violation_policy("count")
     torch.mps_sim.set_threadsafe({threadsafe})
     layer = torch.nn.TransformerEncoderLayer(64, 4, dim_feedforward=128, batch_first=True).eval().to("mps_sim")
     x = torch.randn(2, 16, 64)
+    torch.mps_sim.synchronize()
     torch.mps_sim.set_protections(False)
-    {extra}
+    POINTS = {points}
+    for point in POINTS:
+        torch.mps_sim.set_race_meeting(point, 120_000_000)
+    def caught():
+        if torch.mps_sim.threadsafe_stats()["sim"]["violations"]:
+            for point in POINTS:
+                torch.mps_sim.set_race_meeting(point, 0)
+            return True
+        return False
     errors = []
     def work():
         try:
             with torch.no_grad():
                 xd = x.to("mps_sim")
                 for _ in range(15):
+                    if caught():
+                        break  # carrying on in a corrupted state proves nothing more
                     layer(xd).cpu()
-                    if torch.mps_sim.threadsafe_stats()["sim"]["violations"]:
-                        break  # caught; carrying on in a corrupted state proves nothing more
         except Exception as e:
             errors.append(e)
+        caught()
     ts = [threading.Thread(target=work) for _ in range(8)]
     [t.start() for t in ts]; [t.join() for t in ts]
-    print("VIOLATIONS", torch.mps_sim.threadsafe_stats()["sim"]["violations"])
+    sim = torch.mps_sim.threadsafe_stats()["sim"]
+    print("VIOLATIONS", sim["violations"])
+    print("MEETINGS", sim["race_meetings"], "TIMEOUTS", sim["race_meeting_timeouts"])
     print("\\n".join(sorted(set(torch.mps_sim.violations()))[:3]))
 """
+
+# Upstream's model: every thread on the default stream, nothing serializing them; the threads
+# meet inside the stream's command buffer and encoder.
+UPSTREAM_POINTS = ["command_buffer", "encoder"]
 
 
 def caught_or_crashed(proc):
@@ -132,28 +161,29 @@ def caught_or_crashed(proc):
 
 
 def test_unsafe_mode_upstream_policy_hits_violations():
-    # Upstream's model: every thread on the default stream, nothing serializing them.
-    proc = run_python(UNSAFE_RUN.format(threadsafe=False, extra=""))
+    proc = run_python(UNSAFE_RUN.format(threadsafe=False, points=UPSTREAM_POINTS))
     if caught_or_crashed(proc):
         return
     count = int(proc.stdout.split("VIOLATIONS")[1].split()[0])
     assert count > 0, proc.stdout
-    assert "MTLDebugCommandBuffer" in proc.stdout  # the shared command buffer was raced
+    assert "MTLDebugCommandBuffer" in proc.stdout or "MTLDebugComputeCommandEncoder" in proc.stdout, \
+        proc.stdout  # the shared command buffer or its encoder was raced
+    assert int(proc.stdout.split("MEETINGS")[1].split()[0]) >= 1, proc.stdout
 
 
 def test_unsafe_mode_without_domains_hits_shared_object_violations():
     # Own streams but no serialization domains: the shared layer_norm / gather kernel objects
-    # are encoded by two threads at once (the race window makes the overlap reliable).
-    proc = run_python(UNSAFE_RUN.format(
-        threadsafe=True, extra="torch.mps_sim.set_race_window('shared_object', 200)"))
+    # are encoded by two threads at once; the meeting makes the overlap certain.
+    proc = run_python(UNSAFE_RUN.format(threadsafe=True, points=["shared_object"]))
     if caught_or_crashed(proc):
         return
     assert int(proc.stdout.split("VIOLATIONS")[1].split()[0]) > 0, proc.stdout
     assert "SharedObject" in proc.stdout
+    assert int(proc.stdout.split("MEETINGS")[1].split()[0]) >= 1, proc.stdout
 
 
 def test_unsafe_mode_with_abort_policy_crashes_the_process():
     proc = run_python(UNSAFE_RUN.replace('set_violation_policy("count")', 'set_violation_policy("abort")')
-                      .format(threadsafe=False, extra=""))
+                      .format(threadsafe=False, points=UPSTREAM_POINTS))
     assert proc.returncode < 0, (proc.returncode, proc.stdout)  # killed by SIGABRT, as on a Mac
     assert "MTL" in proc.stderr or "AGX" in proc.stderr, proc.stderr[-2000:]  # Metal's message

@@ -24,7 +24,8 @@ def main(args):
     rows = []
     for model, mode, n in specs:
         r = rounds.run_round({"device": args.device, "mode": mode, "model": model, "threads": n,
-                              "iterations": iterations, "quick": args.quick},
+                              "iterations": iterations, "quick": args.quick,
+                              "shared_model": args.shared_model},
                              300 if args.quick else 900)
         r.update(model=model, mode=mode, threads=n)
         rows.append(r)
@@ -33,7 +34,9 @@ def main(args):
                       + (f" {ops:.0f} ops/s" if ops else ""))
     add_scaling(rows, args.device, meta["cores"])
 
-    print(f"## bench: {report.title_suffix(meta)} ({iterations} iterations per thread)\n")
+    layout = "one shared model instance" if args.shared_model else "a model copy per thread"
+    print(f"## bench: {report.title_suffix(meta)} ({iterations} iterations per thread, "
+          f"{layout})\n")
     print(report.table(
         ["model", "mode", "threads", "outcome", "ops/s", "speedup", "ideal", "efficiency",
          "p50 ms", "p99 ms", "errors"],
@@ -50,6 +53,7 @@ def main(args):
                "on_rounds_failed": len(failed)}
     report.write_json(args.json, {"suite": "bench", **meta, "iterations": iterations,
                                   "models": models, "modes": modes, "threads": thread_counts,
+                                  "shared_model": args.shared_model,
                                   "verdict": verdict, "results": rows})
     if args.plot:
         from . import plot

@@ -6,6 +6,8 @@ Modes (Note [What "off" means] in mps_threadsafe/mps_sim.py):
 - "on":     set_threadsafe(True): each thread encodes on its own stream; protections on.
 - "off":    set_threadsafe(False): upstream's policy, every thread on the default stream;
             on mps_sim the runtime's protections stay on (safe, serialized).
+- "lock":   "off" plus one process-wide Python lock held around each model call and the read
+            of its result (threads.py): what users do today to stay safe.
 - "unsafe": set_threadsafe(False) and, on mps_sim, every protection off: what upstream
             PyTorch does on MPS. On real MPS this is simply set_threadsafe(False) (an
             unpatched torch has no protections to switch off).
@@ -13,7 +15,7 @@ Modes (Note [What "off" means] in mps_threadsafe/mps_sim.py):
 
 import torch
 
-MODES = ("on", "off", "unsafe")
+MODES = ("on", "off", "lock", "unsafe")
 
 
 class Device:
@@ -44,6 +46,7 @@ class Device:
     def set_mode(self, mode):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got '{mode}'")
+        self.mode = mode
         if self.name == "mps_sim":
             self.module.set_protections(mode != "unsafe")
         if self.has_threadsafe_api():
@@ -51,6 +54,17 @@ class Device:
         elif mode == "on" and self.name == "mps":
             raise RuntimeError("this torch has no torch.mps.set_threadsafe: install the patched "
                                "wheel (./build.sh wheel) to run mode 'on' on mps")
+
+    def arm_race_meetings(self, timeout_us=120_000_000):
+        """In mode "unsafe" on mps_sim, makes the threads' races certain from now on, whatever
+        the machine's load (Note [Race meetings] in aten_mps/sim/inside.cpp): a thread inside
+        a command buffer, encoder or shared kernel object stays there until another thread
+        tries that object. Called once every thread has set up (single-threaded work would
+        only wait out the timeout). A no-op in every other mode and device."""
+        if self.name != "mps_sim" or getattr(self, "mode", None) != "unsafe":
+            return
+        for point in ("command_buffer", "encoder", "shared_object"):
+            self.module.set_race_meeting(point, timeout_us)
 
     def sync_own_stream(self):
         """Waits for the work of the calling thread's stream only (not a device-wide sync)."""

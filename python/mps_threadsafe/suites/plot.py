@@ -9,7 +9,7 @@ the core count as the ceiling of that ideal where the host CPU does the work (No
 
 from . import report
 
-MODE_STYLES = {"on": "-", "off": "--", "unsafe": ":"}
+MODE_STYLES = {"on": "-", "off": "--", "lock": "-.", "unsafe": ":"}
 
 
 def require_matplotlib():

@@ -34,6 +34,7 @@ MISSING = "-"
 MODE_LABELS = {
     "on": "on",
     "off": "off (shared stream)",
+    "lock": "global lock",
     "unsafe": "unsafe (no protections)",
 }
 

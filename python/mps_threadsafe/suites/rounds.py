@@ -55,7 +55,8 @@ def child_main(spec_json):
     result = threads.run_threads(
         device, spec["model"], spec["threads"], spec["iterations"], batch=spec.get("batch"),
         check=spec.get("check", False), distinct_inputs=spec.get("distinct_inputs", False),
-        quick=spec.get("quick", False), seed=spec.get("seed", 0))
+        quick=spec.get("quick", False), seed=spec.get("seed", 0),
+        global_lock=spec["mode"] == "lock", shared_model=spec.get("shared_model", False))
     result["mode"] = spec["mode"]
     sys.stdout.write(RESULT_TAG + json.dumps(result) + "\n")
     sys.stdout.flush()

@@ -2,7 +2,8 @@
 
 Note [Threaded method]
 Where the old suites went wrong, and what this does instead:
-- no semaphore or lock around model calls: threads call their models concurrently;
+- no semaphore or lock around model calls: threads call their models concurrently (mode
+  "lock" adds one on purpose, as the baseline of what users do today, and says so);
 - each thread builds its own copy of the model and warms it up (first-use compilation,
   allocator growth) before a barrier; the clock starts when the last thread passes it;
 - each thread waits for its own stream only, after every iteration (latency) — never a
@@ -30,9 +31,26 @@ def percentile(values, q):
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
+# Mode "lock": the global lock users put around every model call today.
+_GLOBAL_CALL_LOCK = threading.Lock()
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def run_threads(device, model_name, threads, iterations, batch=None, check=False,
-                distinct_inputs=False, quick=False, warmup=2, seed=0, timeout=None):
+                distinct_inputs=False, quick=False, warmup=2, seed=0, timeout=None,
+                global_lock=False, shared_model=False):
     """Runs `iterations` forwards of `model_name` on each of `threads` threads.
+
+    global_lock: hold one process-wide lock around each call and the read of its result.
+    shared_model: every thread calls one model instance on the device (a server's layout)
+    instead of its own copy.
 
     Returns a dict: completed / expected iterations, errors (messages), wrong outputs, the
     largest difference from the CPU reference, wall time from the barrier, ops/s and
@@ -47,6 +65,12 @@ def run_threads(device, model_name, threads, iterations, batch=None, check=False
         with torch.no_grad():
             references = [master(x) for x in inputs]
 
+    call_lock = _GLOBAL_CALL_LOCK if global_lock else _NoLock()
+    shared = None
+    if shared_model:
+        with torch.no_grad():
+            shared = workloads.replicate(master, device.torch_device)
+        device.sync_own_stream()
     barrier = threading.Barrier(threads)
     clock = {}
     lock = threading.Lock()  # guards the result lists only, never a model call
@@ -66,7 +90,7 @@ def run_threads(device, model_name, threads, iterations, batch=None, check=False
     def worker(index):
         try:
             with torch.no_grad():
-                model = workloads.replicate(master, device.torch_device)
+                model = shared if shared is not None else workloads.replicate(master, device.torch_device)
                 x = inputs[index].to(device.torch_device)
                 for _ in range(warmup):
                     model(x)
@@ -77,6 +101,7 @@ def run_threads(device, model_name, threads, iterations, batch=None, check=False
             return
         try:
             if barrier.wait() == 0:
+                device.arm_race_meetings()
                 clock["start"] = time.perf_counter()
         except threading.BrokenBarrierError:
             return
@@ -86,16 +111,18 @@ def run_threads(device, model_name, threads, iterations, batch=None, check=False
                 record(streams=device.stream_id())
                 for _ in range(iterations):
                     began = time.perf_counter()
-                    y = model(x)
+                    with call_lock:
+                        y = model(x)
+                        if check:
+                            diff = (y.cpu() - references[index]).abs().max().item()
+                        else:
+                            device.sync_own_stream()
                     if check:
-                        diff = (y.cpu() - references[index]).abs().max().item()
                         record(max_abs_diff=diff)
                         if not diff < 1e-3:
                             record(wrong=1)
                             latencies.append(time.perf_counter() - began)
                             continue
-                    else:
-                        device.sync_own_stream()
                     latencies.append(time.perf_counter() - began)
                     record(completed=1)
         except BaseException as error:
@@ -115,7 +142,8 @@ def run_threads(device, model_name, threads, iterations, batch=None, check=False
     stats = device.stats()
     done = results["completed"]
     return {
-        "model": model_name, "threads": threads, "iterations": iterations, "batch": batch,
+        "model": model_name, "threads": threads, "global_lock": global_lock,
+        "shared_model": shared_model, "iterations": iterations, "batch": batch,
         "expected": threads * iterations, "completed": done, "errors": results["errors"],
         "error_count": len(results["errors"]) + hung, "wrong": results["wrong"],
         "max_abs_diff": results["max_abs_diff"] if check else None,
