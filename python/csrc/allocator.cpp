@@ -128,19 +128,23 @@ class SimAllocator final : public c10::Allocator {
     ts::Runtime& rt = runtime();
     std::vector<ts::StreamUse> uses = rt.bufferUses().release(block);
     const bool deferred = rt.protections().deferredFrees;
-    if (deferred) {
-      // The freeing stream may reuse the block at once: its own queue orders the uses.
-      rt.pendingFrees().add(block, uses, rt.currentStreamIfAny());
+    {
+      // The bookkeeping comes first: once the block is in the pending frees, another thread's
+      // collect() may hand it out or empty_cache() may give it back to the host (erasing its
+      // size) at any moment.
+      std::lock_guard<std::mutex> lock(mutex_);
+      const size_t size = sizes_.at(block);
+      stats_.allocatedBytes -= size;
+      stats_.cachedBytes += size;
+      lastUses_[block] = uses; // Note [Emptying the cache]
+      if (!deferred) {
+        // The deliberately unsafe mode: reusable at once, whoever still reads it.
+        free_[kSharedList][size].push_back(block);
+        return;
+      }
     }
-    std::lock_guard<std::mutex> lock(mutex_);
-    const size_t size = sizes_.at(block);
-    stats_.allocatedBytes -= size;
-    stats_.cachedBytes += size;
-    lastUses_[block] = std::move(uses); // Note [Emptying the cache]
-    if (!deferred) {
-      // The deliberately unsafe mode: reusable at once, whoever still reads it.
-      free_[kSharedList][size].push_back(block);
-    }
+    // The freeing stream may reuse the block at once: its own queue orders the uses.
+    rt.pendingFrees().add(block, std::move(uses), rt.currentStreamIfAny());
   }
 
   // Whether every use recorded for the cached `block` has completed (mutex_ held).

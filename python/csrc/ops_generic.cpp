@@ -19,12 +19,25 @@
 
 namespace mps_sim {
 
-at::Tensor hostAlias(const at::Tensor& t) {
+at::Tensor HostStorages::alias(const at::Tensor& t) {
   auto options = t.options().device(c10::DeviceType::CPU);
   if (t.numel() == 0 || t.data_ptr() == nullptr) {
     return at::empty_strided(t.sizes(), t.strides(), options);
   }
-  return at::from_blob(t.data_ptr(), t.sizes(), t.strides(), options);
+  const c10::Storage& storage = t.storage();
+  void* base = const_cast<void*>(storage.data());
+  auto found = byBase_.find(base);
+  if (found == byBase_.end()) {
+    // Non-owning: the mps_sim storage (kept alive by the op's tensors) owns the memory.
+    c10::Storage host(c10::Storage::use_byte_size_t(), storage.nbytes(),
+                      c10::DataPtr(base, c10::Device(c10::DeviceType::CPU)), nullptr, false);
+    found = byBase_.emplace(base, std::move(host)).first;
+  }
+  return at::empty({0}, options).set_(found->second, t.storage_offset(), t.sizes(), t.strides());
+}
+
+at::Tensor hostAlias(const at::Tensor& t) {
+  return HostStorages().alias(t);
 }
 
 namespace {
@@ -55,6 +68,7 @@ struct Args {
   std::string shapeKey;
   std::string signature; // Note [Shape cache]
   bool cacheable = true;
+  HostStorages hostStorages; // Note [Host aliases share storages]
 };
 
 void appendTensorSignature(std::string& key, const at::Tensor& t) {
@@ -123,7 +137,7 @@ void mapTensor(const c10::OperatorHandle& op, const std::string& argName, const 
   }
   if (isSim(t)) {
     meta = at::empty_strided(t.sizes(), t.strides(), t.options().device(c10::DeviceType::Meta));
-    host = hostAlias(t);
+    host = out.hostStorages.alias(t);
     addUse(out.uses, t, written ? ts::BufferUse::Access::Write : ts::BufferUse::Access::Read);
     // Cache key of shared kernel objects (per shape and dtype, as MPSGraphCache keys are);
     // built without iostreams, this runs for every op.
@@ -344,7 +358,7 @@ void genericKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::ji
       const at::Tensor& target = original.toTensor();
       if (isSim(target) && target.sizes() != c10::IntArrayRef(sizes)) {
         resizeSim(target, sizes);
-        args.host[i] = hostAlias(target);
+        args.host[i] = args.hostStorages.alias(target);
         args.uses.push_back({bufferOf(target), ts::BufferUse::Access::Write});
       }
     }

@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/ops/_reshape_alias_native.h>
 #include <ATen/ops/as_strided_native.h>
 #include <ATen/ops/view_native.h>
@@ -91,7 +92,15 @@ at::Tensor copyFrom(const at::Tensor& self, const at::Tensor& dst, bool nonBlock
   std::vector<ts::BufferUse> uses;
   addUse(uses, self, Access::Read);
   addUse(uses, dst, Access::Write);
-  auto kernel = [from = hostAlias(self), to = hostAlias(dst)] { to.copy_(from); };
+  // A copy between overlapping parts of one storage (a[1:] = a[:-1]) is refused here, at the
+  // call, as ATen refuses it on the CPU; the host aliases share one storage besides (Note [Host
+  // aliases share storages]).
+  at::assert_no_internal_overlap(dst);
+  at::assert_no_partial_overlap(dst, self);
+  HostStorages hostStorages;
+  at::Tensor from = hostStorages.alias(self);
+  at::Tensor to = hostStorages.alias(dst);
+  auto kernel = [from, to] { to.copy_(from); };
   if (!self.is_contiguous()) {
     SharedKernel gather = sharedKernel(
         "gatherViewTensor", c10::str(c10::toString(self.scalar_type()), self.dim()));

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <unordered_map>
+
 // Helpers shared by the op files: which tensors live on mps_sim, their buffers (for the
 // runtime's use tracking) and host aliases of their memory (for the kernels to compute on).
 
@@ -28,6 +30,21 @@ inline void addUse(std::vector<ts::BufferUse>& uses, const at::Tensor& t, ts::Bu
 
 // A CPU tensor over the same memory, sizes and strides: what a kernel computes on. Creating it
 // touches no data, so it is made on the encoding thread and used on the GPU thread.
+//
+// Note [Host aliases share storages]
+// ATen's CPU kernels refuse inputs that partly overlap their output (a[1:] = a[:-1],
+// a.add_(a.t())) by comparing storages: two host aliases of one mps_sim storage must therefore
+// be views of ONE host storage, or the check never fires and the kernel silently computes
+// garbage. The aliases of one op are made through one HostStorages, which maps each mps_sim
+// storage to a single non-owning host storage over the same memory.
+class HostStorages {
+ public:
+  at::Tensor alias(const at::Tensor& t);
+
+ private:
+  std::unordered_map<const void*, c10::Storage> byBase_;
+};
+// One tensor alone (no other argument of its op can share its storage).
 at::Tensor hostAlias(const at::Tensor& t);
 
 // Gives an mps_sim storage a new block of `newBytes`, its old contents copied through a kernel
