@@ -392,21 +392,33 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
   dependencies.clear();
   thread_local std::vector<StreamUse> ownWrites;
   ownWrites.clear();
-  runtime_.bufferUses().dependOnAndRecord(*this, uses, count, openBatch(), dependencies,
-                                          &ownWrites);
+  thread_local std::vector<uint64_t> previous;
+  const uint64_t recordedIn = openBatch();
+  runtime_.bufferUses().dependOnAndRecord(*this, uses, count, recordedIn, dependencies,
+                                          &ownWrites, &previous);
   testHook(TestHook::BufferUsesBeforeWaits, this);
   racePoint(SchedulePoint::BufferDependencies);
+  try {
+    for (const StreamUse& dependency : dependencies) {
+      waitForStream(*dependency.stream, dependency.batch);
+    }
+  } catch (...) {
+    // The op is abandoned before it was encoded (a failed dependency, a broken contract): take
+    // back the uses recorded for it, or a free of these buffers would wait for a batch nothing
+    // may ever commit. A stream that already read them as a dependency gets our batch closed
+    // on request, empty or not (Note [Closing a batch on request]).
+    runtime_.bufferUses().undoRecord(*this, uses, count, recordedIn, previous);
+    throw;
+  }
   // Our own earlier writes are ordered by our queue; but one from a batch whose failure was
   // already acknowledged (told to a previous owner of this stream) no longer reaches us in
   // stream order, so it is a batch dependency of its own (Note [GPU errors belong to batches]).
+  // Added after the waits: an op abandoned by a wait leaves no dependency behind.
   const uint64_t acknowledged = acknowledgedUpTo_.load(std::memory_order_acquire);
   for (const StreamUse& write : ownWrites) {
     if (write.batch <= acknowledged) {
       openBatchWaits_.emplace_back(this, write.batch);
     }
-  }
-  for (const StreamUse& dependency : dependencies) {
-    waitForStream(*dependency.stream, dependency.batch);
   }
   racePoint(SchedulePoint::BufferRecord);
   runtime_.bufferUses().settle(*this, uses, count, openBatch(), dependencies);

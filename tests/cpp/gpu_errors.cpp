@@ -166,3 +166,33 @@ TEST_CASE("gpu errors: the next owner of a pool stream reading the failed output
 }
 
 } // namespace mpsts_test
+
+namespace mpsts_test {
+
+// F3: a dependency's wait raises inside useBuffers (its batch failed): the op is abandoned
+// before it was encoded, so the uses it recorded must go with it; a use left behind names an
+// open batch nothing commits, and a free of the buffer would wait for it forever.
+TEST_CASE("gpu errors: useBuffers that raises leaves no use behind for a free to wait on",
+          "[errors][issue8][schedule]") {
+  SimRuntime env;
+  Stream& a = env.rt().stream(1);
+  Stream& b = env.rt().stream(2);
+  int buffer = 0;
+  int scratch = 0;
+  failThenWrite(a, &buffer);
+  a.waitCompleted(a.submittedBatch());
+  const BufferUse uses[2] = {{&scratch, Access::Write}, {&buffer, Access::Read}};
+  REQUIRE_THROWS_WITH(b.dispatch([&] {
+    b.useBuffers(uses, 2);
+    encodeKernel(b, [] {});
+  }), Contains("index 100 out of range"));
+  REQUIRE_FALSE(b.hasUncommittedWork());
+  Counter deferred;
+  PendingFrees frees(deferred);
+  frees.add(&buffer, env.rt().bufferUses().release(&buffer));
+  frees.add(&scratch, env.rt().bufferUses().release(&scratch));
+  // Both free now: every use left was made in a batch that completed.
+  REQUIRE(frees.takeReusable(nullptr).size() == 2);
+}
+
+} // namespace mpsts_test
