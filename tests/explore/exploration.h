@@ -86,7 +86,7 @@ struct Tally {
   uint64_t racePointHits = 0;
   uint64_t parallelRounds = 0; // rounds where two streams were inside their queues at once
   std::vector<std::string> failures; // first failures, each naming its replay command
-  std::vector<std::string> gaps; // first known-gap occurrences (see the [!mayfail] test)
+  std::vector<std::string> gaps; // first occurrences of findings F1–F3 (required to be 0 by the [schedule] tests)
   void add(const Tally& other);
 };
 
