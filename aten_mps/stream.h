@@ -73,7 +73,11 @@
 //   * Event::synchronize of (stream, M) (Event): an event covers everything the stream ran
 //     up to M, whoever encoded it, so it raises any failure of a batch <= M while one of that
 //     batch's threads has not been told on its own thread (a thread that left untold cannot
-//     have passed the loss on to whoever reads its results through the event);
+//     have passed the loss on to whoever reads its results through the event). The price:
+//     while such a thread lives on untold, or after it left untold, every Event.synchronize
+//     on that stream raises it (bounded by kMaxRememberedBatches), an event the pool stream's
+//     next owner records on it included. Readers through the tracker (useBuffers) are exact;
+//     only an event-ordered read that bypasses the tracker needs this breadth;
 //   * device and stream synchronize, COMMIT_AND_WAIT (Synchronize): the unsettled failures
 //     (above), so a failure does not stay sticky for everyone once its threads were told or
 //     left.
@@ -91,10 +95,10 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <set>
-#include <unordered_map>
 #include <mutex>
+#include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "backend.h"
@@ -216,7 +220,8 @@ class Stream {
   // The failures of batches up to `batch` that a thread with work in them gave the stream
   // back without being told; each is returned once, to the first device synchronize.
   std::vector<std::shared_ptr<const std::string>> takeOrphanedFailures(uint64_t batch);
-  // raiseIfFailed(submittedBatch(), false): what a synchronize of everything submitted raises.
+  // raiseIfFailed(submittedBatch(), Synchronize): what a synchronize of everything submitted
+  // raises.
   void rethrowGpuError();
   // Policy hook: with it set, COMMIT_ADAPTIVE commits when it returns true.
   StreamCounters& counters() {
