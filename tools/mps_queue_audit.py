@@ -3,8 +3,11 @@
 
 Rule (Note [On the queue] in aten_mps/stream.h): an MPS stream's command buffer, compute
 encoder and commits may only be touched inside that stream's serial queue, entered with
-dispatch_sync_with_rethrow (which the thread-safe runtime wraps; a raw dispatch_sync bypasses
-it, loses C++ exceptions, and makes commandEncoder()'s on-queue check fail).
+dispatch_sync_with_rethrow (which the thread-safe runtime wraps). A raw dispatch_sync onto a
+stream's queue is on the queue too -- the runtime's check accepts it, as PyTorch's documented
+custom-kernel pattern needs -- but it bypasses Stream::dispatch: a C++ exception thrown inside
+reaches libdispatch (which terminates the process), and the entry checks and the close-request
+service on the way out are skipped. So ATen's own raw dispatch_sync calls are rewritten.
 
   mps_queue_audit.py --fix ROOT     rewrite raw `dispatch_sync(<stream>->queue(), ...)` (and
                                     `.queue()`) to dispatch_sync_with_rethrow; print each change
