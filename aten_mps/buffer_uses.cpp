@@ -63,7 +63,11 @@ void BufferUseTracker::dependencies(const Stream& self, const BufferUse* uses, s
 
 void BufferUseTracker::dependOnAndRecord(Stream& self, const BufferUse* uses, size_t count,
                                          uint64_t batch, std::vector<StreamUse>& out,
-                                         std::vector<StreamUse>* ownWrites) {
+                                         std::vector<StreamUse>* ownWrites,
+                                         std::vector<uint64_t>* previous) {
+  if (previous != nullptr) {
+    previous->assign(count, 0);
+  }
   for (size_t i = 0; i < count; ++i) {
     Shard& shard = shardOf(uses[i].buffer);
     std::lock_guard<std::mutex> lock(shard.mutex);
@@ -76,8 +80,45 @@ void BufferUseTracker::dependOnAndRecord(Stream& self, const BufferUse* uses, si
         }
       }
     }
-    addLatestPerStream(uses[i].access == BufferUse::Access::Write ? history.writes : history.reads,
-                       {&self, batch});
+    std::vector<StreamUse>& set =
+        uses[i].access == BufferUse::Access::Write ? history.writes : history.reads;
+    if (previous != nullptr) {
+      for (const StreamUse& existing : set) {
+        if (existing.stream == &self) {
+          (*previous)[i] = existing.batch;
+        }
+      }
+    }
+    addLatestPerStream(set, {&self, batch});
+  }
+}
+
+void BufferUseTracker::undoRecord(Stream& self, const BufferUse* uses, size_t count,
+                                  uint64_t batch, const std::vector<uint64_t>& previous) {
+  // In reverse, so a buffer named twice gets back what it had before the first record.
+  for (size_t i = count; i-- > 0;) {
+    Shard& shard = shardOf(uses[i].buffer);
+    std::lock_guard<std::mutex> lock(shard.mutex);
+    auto it = shard.buffers.find(uses[i].buffer);
+    if (it == shard.buffers.end()) {
+      continue;
+    }
+    History& history = it->second;
+    std::vector<StreamUse>& set =
+        uses[i].access == BufferUse::Access::Write ? history.writes : history.reads;
+    for (auto use = set.begin(); use != set.end(); ++use) {
+      if (use->stream == &self && use->batch == batch) {
+        if (i < previous.size() && previous[i] != 0) {
+          use->batch = previous[i];
+        } else {
+          set.erase(use);
+        }
+        break;
+      }
+    }
+    if (history.writes.empty() && history.reads.empty()) {
+      shard.buffers.erase(it);
+    }
   }
 }
 

@@ -62,8 +62,16 @@ class BufferUseTracker {
   // records `uses` on `self` in batch `batch`, atomically per buffer.
   // `ownWrites` (optional): this stream's own earlier writes of the buffers read, which its
   // queue orders but whose failure it must still see (Note [GPU errors belong to batches]).
+  // `previous` (optional): per use, the batch of `self`'s entry it replaced (0: none), what
+  // undoRecord needs.
   void dependOnAndRecord(Stream& self, const BufferUse* uses, size_t count, uint64_t batch,
-                         std::vector<StreamUse>& out, std::vector<StreamUse>* ownWrites = nullptr);
+                         std::vector<StreamUse>& out, std::vector<StreamUse>* ownWrites = nullptr,
+                         std::vector<uint64_t>* previous = nullptr);
+  // Takes back what dependOnAndRecord recorded in batch `batch` when the op is abandoned
+  // before it was encoded (a wait raised): a use left behind would name a batch that may
+  // never be committed, and a free of the buffer would wait for it forever.
+  void undoRecord(Stream& self, const BufferUse* uses, size_t count, uint64_t batch,
+                  const std::vector<uint64_t>& previous);
   // Step 2: `uses` are encoded in batch `batch` (>= the one recorded), after GPU waits for
   // `waited` (what step 1 returned).
   void settle(Stream& self, const BufferUse* uses, size_t count, uint64_t batch,

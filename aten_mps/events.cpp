@@ -56,7 +56,7 @@ void Event::synchronize() const {
   if (stream == nullptr) {
     return;
   }
-  stream->raiseIfFailed(batch); // waits for it (Note [GPU errors belong to batches])
+  stream->raiseIfFailed(batch, FailureScope::Event); // waits for it (Note [GPU errors belong to batches])
 }
 
 bool Event::isRecorded() const {

@@ -25,21 +25,44 @@ struct ThreadBinding {
   // (Note [Switching the policy]).
   Stream* policyStream = nullptr;
   uint64_t policyEpoch = 0;
+  // Every stream the thread encoded work on (at most the pool and the default stream): it
+  // gives them all back when it exits, bound or not (Note [GPU errors belong to batches]).
+  std::vector<Stream*> workedOn;
 };
+
+// True once this thread's bindings are destroyed (trivially destructible: valid in exit code).
+thread_local bool tlsBindingsGone = false;
 
 // Gives the bound streams back when the thread exits.
 struct ThreadBindings {
   std::vector<ThreadBinding> list;
 
+  ThreadBindings() = default;
+  ThreadBindings(const ThreadBindings&) = delete;
+  ThreadBindings& operator=(const ThreadBindings&) = delete;
+
   ~ThreadBindings() {
+    tlsBindingsGone = true;
     for (ThreadBinding& binding : list) {
-      if (binding.bound == nullptr) {
+      if (binding.bound == nullptr && binding.workedOn.empty()) {
         continue;
       }
-      testHook(TestHook::ThreadUnbind, binding.bound);
+      if (binding.bound != nullptr) {
+        testHook(TestHook::ThreadUnbind, binding.bound);
+      }
       std::lock_guard<std::mutex> lock(binding.life->mutex);
-      if (binding.life->runtime != nullptr) {
+      if (binding.life->runtime == nullptr) {
+        continue;
+      }
+      if (binding.bound != nullptr) {
         binding.life->runtime->unbind(*binding.bound);
+      }
+      // Streams it used without owning them (the default stream with thread safety off, an
+      // explicit stream): the failures of its work there were told to nobody else either.
+      for (Stream* stream : binding.workedOn) {
+        if (stream != binding.bound) {
+          stream->giveBack();
+        }
       }
     }
   }
@@ -59,7 +82,7 @@ struct ThreadBindings {
                                 return lock.owns_lock() && binding.life->runtime == nullptr;
                               }),
                list.end());
-    list.push_back({serial, life, nullptr, nullptr, nullptr, 0});
+    list.push_back({serial, life, nullptr, nullptr, nullptr, 0, {}});
     return list.back();
   }
 };
@@ -227,6 +250,16 @@ Stream* Runtime::explicitStream() const {
   return tlsBindings.of(serial_, life_).explicitStream;
 }
 
+void Runtime::noteThreadWorkedOn(Stream& stream) {
+  if (tlsBindingsGone) {
+    return; // the thread is exiting: its bindings are gone
+  }
+  std::vector<Stream*>& workedOn = tlsBindings.of(serial_, life_).workedOn;
+  if (std::find(workedOn.begin(), workedOn.end(), &stream) == workedOn.end()) {
+    workedOn.push_back(&stream);
+  }
+}
+
 void Runtime::releaseThreadStream() {
   ThreadBinding& binding = tlsBindings.of(serial_, life_);
   if (binding.bound != nullptr) {
@@ -246,8 +279,9 @@ void Runtime::unbind(Stream& stream) noexcept {
     // Counted by contractError where it was raised; an exiting thread has no caller to tell.
   }
   // The next owner of a pool stream starts clean: this thread's failures stay with their
-  // batches, for whoever depends on them (Note [GPU errors belong to batches]).
-  stream.acknowledge(stream.batchOfLatestWork());
+  // batches, for whoever depends on them, and those it was not told about go to the next
+  // device synchronize (Note [GPU errors belong to batches]).
+  stream.giveBack();
   std::lock_guard<std::mutex> lock(streamsMutex_);
   stream.owners().fetch_sub(1, std::memory_order_relaxed);
   counters_.threadsReleased.add();
@@ -340,20 +374,36 @@ void Runtime::synchronizeDevice() {
   for (size_t i = 0; i < streams.size(); ++i) {
     streams[i]->waitCompleted(upTo[i]);
   }
-  // Everything was waited for, so every failure not yet acknowledged is raised (Note [GPU
-  // errors belong to batches]); the caller's own stream's counts as told.
-  std::shared_ptr<const std::string> failure;
+  // Everything was waited for, so every failure not yet settled is raised, and every failure
+  // a thread left behind untold, once (Note [GPU errors belong to batches]). The caller has
+  // been told of what it receives.
+  std::vector<std::shared_ptr<const std::string>> failures;
+  auto addOnce = [&](const std::shared_ptr<const std::string>& failure) {
+    if (failure && std::find(failures.begin(), failures.end(), failure) == failures.end()) {
+      failures.push_back(failure);
+    }
+  };
   for (size_t i = 0; i < streams.size(); ++i) {
-    auto mineOrOther = streams[i]->failureOf(upTo[i], /*includeAcknowledged=*/false);
-    if (mineOrOther && streams[i] == mine) {
+    const size_t before = failures.size();
+    addOnce(streams[i]->failureOf(upTo[i], FailureScope::Synchronize));
+    for (const auto& orphaned : streams[i]->takeOrphanedFailures(upTo[i])) {
+      addOnce(orphaned);
+    }
+    if (failures.size() > before) {
       streams[i]->acknowledge(upTo[i]);
     }
-    if (mineOrOther && !failure) {
-      failure = mineOrOther;
-    }
   }
-  if (failure) {
-    throw CommandBufferError(*failure);
+  if (!failures.empty()) {
+    std::string message = *failures.front();
+    if (failures.size() > 1) {
+      message += " (and " + std::to_string(failures.size() - 1) + " more failed batches:";
+      for (size_t i = 1; i < failures.size(); ++i) {
+        message += " [" + *failures[i] + "]";
+      }
+      message += ")";
+    }
+    racePoint(SchedulePoint::ErrorDelivery);
+    throw CommandBufferError(message);
   }
 }
 

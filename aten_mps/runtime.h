@@ -115,6 +115,10 @@ class Runtime {
   bool choseByStalePolicy(const Stream& stream) const;
   // Gives this thread's bound pool stream back now (thread exit does it too).
   void releaseThreadStream();
+  // Records that the calling thread encoded work on `stream` (once per batch, from the
+  // stream): at thread exit it gives every such stream back (Note [GPU errors belong to
+  // batches]).
+  void noteThreadWorkedOn(Stream& stream);
 
   // ---- Protections (protections.h) --------------------------------------------------------
   Protections protections() const;

@@ -45,6 +45,19 @@ class InsideScope {
   RuntimeCounters& counters_;
 };
 
+// Identifies the calling thread in a batch's participants (Note [GPU errors belong to
+// batches]): unique over the process, unlike std::thread::id, which a new thread may reuse.
+uint64_t thisThreadToken() {
+  static std::atomic<uint64_t> next{1};
+  thread_local const uint64_t token = next.fetch_add(1, std::memory_order_relaxed);
+  return token;
+}
+
+uint64_t nextStreamSerial() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
 std::string streamName(int id) {
   return id == 0 ? std::string("default stream") : "stream " + std::to_string(id);
 }
@@ -54,6 +67,7 @@ std::string streamName(int id) {
 Stream::Stream(Runtime& runtime, int id, Device& device)
     : runtime_(runtime),
       id_(id),
+      serial_(nextStreamSerial()),
       queue_(device.makeCommandQueue("mps " + streamName(id))),
       executor_(device.makeSerialExecutor("metal gpu " + streamName(id))),
       timeline_(device.makeSharedEvent()),
@@ -143,12 +157,88 @@ void Stream::requireNoLease(const char* what) {
 
 CommandBuffer& Stream::commandBuffer() {
   requireOnQueue("commandBuffer()");
+  // Callers may encode straight into the buffer (MPSGraph does), so it counts as work.
+  CommandBuffer& buffer = openCommandBuffer();
+  noteWorkOfThisThread();
+  return buffer;
+}
+
+CommandBuffer& Stream::openCommandBuffer() {
   if (!commandBuffer_) {
     commandBuffer_ = queue_->makeCommandBuffer();
   }
-  // Callers may encode straight into the buffer (MPSGraph does), so it counts as work.
-  markUncommittedWork();
+  batchState_.fetch_or(1, std::memory_order_acq_rel);
   return *commandBuffer_;
+}
+
+void Stream::noteWorkOfThisThread() {
+  // Once per (thread, stream, batch): the common case is one load and two compares.
+  thread_local uint64_t lastSerial = 0;
+  thread_local uint64_t lastBatch = 0;
+  const uint64_t batch = openBatch();
+  if (lastSerial == serial_ && lastBatch == batch) {
+    return;
+  }
+  lastSerial = serial_;
+  lastBatch = batch;
+  const uint64_t me = thisThreadToken();
+  {
+    std::lock_guard<std::mutex> lock(progressMutex_);
+    std::vector<uint64_t>& threads = participants_[batch];
+    if (std::find(threads.begin(), threads.end(), me) == threads.end()) {
+      threads.push_back(me);
+    }
+    trimParticipantsLocked();
+  }
+  runtime_.noteThreadWorkedOn(*this);
+}
+
+void Stream::trimParticipantsLocked() {
+  if (participants_.size() <= kMaxRememberedBatches) {
+    return;
+  }
+  participants_.erase(participants_.begin());
+  // Threads whose last news predates every remembered batch can no longer matter.
+  const uint64_t oldest = participants_.begin()->first;
+  if (toldUpTo_.size() > kMaxRememberedBatches) {
+    std::erase_if(toldUpTo_, [&](const auto& entry) { return entry.second < oldest; });
+  }
+  if (gaveBackAt_.size() > kMaxRememberedBatches) {
+    std::erase_if(gaveBackAt_, [&](const auto& entry) { return entry.second < oldest; });
+  }
+  while (!orphansDelivered_.empty() && *orphansDelivered_.begin() < oldest) {
+    orphansDelivered_.erase(orphansDelivered_.begin());
+  }
+}
+
+bool Stream::settledLocked(uint64_t batch) const {
+  auto it = participants_.find(batch);
+  if (it == participants_.end() || it->second.empty()) {
+    return batch <= acknowledgedUpTo_.load(std::memory_order_relaxed);
+  }
+  for (uint64_t thread : it->second) {
+    auto told = toldUpTo_.find(thread);
+    auto gone = gaveBackAt_.find(thread);
+    if ((told == toldUpTo_.end() || told->second < batch) &&
+        (gone == gaveBackAt_.end() || gone->second < batch)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool Stream::liveLocked(uint64_t batch) const {
+  auto it = participants_.find(batch);
+  if (it == participants_.end() || it->second.empty()) {
+    return batch > acknowledgedUpTo_.load(std::memory_order_relaxed);
+  }
+  for (uint64_t thread : it->second) {
+    auto told = toldUpTo_.find(thread);
+    if (told == toldUpTo_.end() || told->second < batch) {
+      return true;
+    }
+  }
+  return false;
 }
 
 ComputeEncoder& Stream::commandEncoder() {
@@ -269,9 +359,10 @@ void Stream::commitAndWait() {
   const uint64_t batch = submittedBatch();
   waitCompleted(batch);
   // The caller is this stream's owner, inside its queue: once told, later batches are clean.
-  auto failure = failureOf(batch, /*includeAcknowledged=*/false);
+  auto failure = failureOf(batch, FailureScope::Synchronize);
   if (failure) {
     acknowledge(batch);
+    racePoint(SchedulePoint::ErrorDelivery);
     throw CommandBufferError(*failure);
   }
 }
@@ -297,7 +388,38 @@ void Stream::onBatchCompleted(uint64_t batch, CommandBufferStatus status, const 
   }
 }
 
-std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch, bool includeAcknowledged) {
+bool Stream::sharesUntoldLocked(uint64_t failed, uint64_t reader) const {
+  auto failedThreads = participants_.find(failed);
+  auto readerThreads = participants_.find(reader);
+  if (failedThreads == participants_.end() || readerThreads == participants_.end()) {
+    return false;
+  }
+  for (uint64_t thread : readerThreads->second) {
+    if (std::find(failedThreads->second.begin(), failedThreads->second.end(), thread) ==
+        failedThreads->second.end()) {
+      continue;
+    }
+    auto told = toldUpTo_.find(thread);
+    if (told == toldUpTo_.end() || told->second < failed) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool Stream::carriesLocked(uint64_t failed, uint64_t batch, FailureScope scope) const {
+  switch (scope) {
+    case FailureScope::Reader:
+      return failed == batch || sharesUntoldLocked(failed, batch);
+    case FailureScope::Event:
+      return failed == batch || liveLocked(failed);
+    case FailureScope::Synchronize:
+      return !settledLocked(failed);
+  }
+  return true;
+}
+
+std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch, FailureScope scope) {
   if (batch == 0) {
     return nullptr;
   }
@@ -305,18 +427,14 @@ std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch, bool includ
   std::vector<std::pair<uint64_t, std::vector<std::pair<Stream*, uint64_t>>>> unresolved;
   {
     std::lock_guard<std::mutex> lock(progressMutex_);
-    const uint64_t acknowledged = acknowledgedUpTo_.load(std::memory_order_relaxed);
-    auto exact = failures_.find(batch);
-    if (exact != failures_.end() && (includeAcknowledged || batch > acknowledged)) {
-      return exact->second;
+    // The exact batch (a dependent of it), then stream order: an earlier failure still
+    // carried (Note [GPU errors belong to batches]).
+    for (auto it = failures_.begin(); it != failures_.end() && it->first <= batch; ++it) {
+      if (carriesLocked(it->first, batch, scope)) {
+        return it->second;
+      }
     }
-    // Stream order: a failure in (acknowledged, batch].
-    auto first = failures_.upper_bound(acknowledged);
-    if (first != failures_.end() && first->first <= batch) {
-      return first->second;
-    }
-    for (auto it = batchWaits_.upper_bound(acknowledged);
-         it != batchWaits_.end() && it->first <= batch; ++it) {
+    for (auto it = batchWaits_.begin(); it != batchWaits_.end() && it->first <= batch; ++it) {
       unresolved.emplace_back(it->first, it->second);
     }
   }
@@ -335,25 +453,64 @@ std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch, bool includ
     std::lock_guard<std::mutex> lock(progressMutex_);
     batchWaits_.erase(waiter);
     if (cause) {
-      failures_.emplace(waiter, cause);
-      if (waiter > acknowledgedUpTo_.load(std::memory_order_relaxed)) {
-        return cause;
+      auto [it, inserted] = failures_.emplace(waiter, cause);
+      if (failures_.size() > kMaxRememberedBatches) {
+        failures_.erase(failures_.begin());
+      }
+      if (carriesLocked(waiter, batch, scope)) {
+        return it->second;
       }
     }
   }
   return nullptr;
 }
 
-void Stream::raiseIfFailed(uint64_t batch, bool includeAcknowledged) {
-  if (auto failure = failureOf(batch, includeAcknowledged)) {
+void Stream::raiseIfFailed(uint64_t batch, FailureScope scope) {
+  if (auto failure = failureOf(batch, scope)) {
+    acknowledge(batch); // it reached this thread
     racePoint(SchedulePoint::ErrorDelivery);
     throw CommandBufferError(*failure);
   }
 }
 
 void Stream::acknowledge(uint64_t batch) {
+  const uint64_t me = thisThreadToken();
   std::lock_guard<std::mutex> lock(progressMutex_);
+  uint64_t& told = toldUpTo_[me];
+  told = std::max(told, batch);
   raiseToAtLeast(acknowledgedUpTo_, batch);
+}
+
+void Stream::giveBack() {
+  const uint64_t me = thisThreadToken();
+  const uint64_t batch = batchOfLatestWork();
+  std::lock_guard<std::mutex> lock(progressMutex_);
+  uint64_t& gone = gaveBackAt_[me];
+  gone = std::max(gone, batch);
+  raiseToAtLeast(acknowledgedUpTo_, batch);
+}
+
+std::vector<std::shared_ptr<const std::string>> Stream::takeOrphanedFailures(uint64_t batch) {
+  std::vector<std::shared_ptr<const std::string>> orphaned;
+  std::lock_guard<std::mutex> lock(progressMutex_);
+  for (auto it = failures_.begin(); it != failures_.end() && it->first <= batch; ++it) {
+    auto threads = participants_.find(it->first);
+    if (threads == participants_.end() || orphansDelivered_.count(it->first) != 0) {
+      continue;
+    }
+    const bool leftUntold = std::any_of(threads->second.begin(), threads->second.end(),
+                                        [&](uint64_t thread) {
+      auto told = toldUpTo_.find(thread);
+      auto gone = gaveBackAt_.find(thread);
+      return gone != gaveBackAt_.end() && gone->second >= it->first &&
+             (told == toldUpTo_.end() || told->second < it->first);
+    });
+    if (leftUntold) {
+      orphansDelivered_.insert(it->first);
+      orphaned.push_back(it->second);
+    }
+  }
+  return orphaned;
 }
 
 void Stream::waitCompleted(uint64_t batch) {
@@ -370,7 +527,7 @@ void Stream::waitCompleted(uint64_t batch) {
 }
 
 void Stream::rethrowGpuError() {
-  raiseIfFailed(submittedBatch(), /*includeAcknowledged=*/false);
+  raiseIfFailed(submittedBatch(), FailureScope::Synchronize);
 }
 
 void Stream::addCompletedHandler(CompletionHandler handler) {
@@ -392,21 +549,33 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
   dependencies.clear();
   thread_local std::vector<StreamUse> ownWrites;
   ownWrites.clear();
-  runtime_.bufferUses().dependOnAndRecord(*this, uses, count, openBatch(), dependencies,
-                                          &ownWrites);
+  thread_local std::vector<uint64_t> previous;
+  const uint64_t recordedIn = openBatch();
+  runtime_.bufferUses().dependOnAndRecord(*this, uses, count, recordedIn, dependencies,
+                                          &ownWrites, &previous);
   testHook(TestHook::BufferUsesBeforeWaits, this);
   racePoint(SchedulePoint::BufferDependencies);
+  try {
+    for (const StreamUse& dependency : dependencies) {
+      waitForStream(*dependency.stream, dependency.batch);
+    }
+  } catch (...) {
+    // The op is abandoned before it was encoded (a failed dependency, a broken contract): take
+    // back the uses recorded for it, or a free of these buffers would wait for a batch nothing
+    // may ever commit. A stream that already read them as a dependency gets our batch closed
+    // on request, empty or not (Note [Closing a batch on request]).
+    runtime_.bufferUses().undoRecord(*this, uses, count, recordedIn, previous);
+    throw;
+  }
   // Our own earlier writes are ordered by our queue; but one from a batch whose failure was
   // already acknowledged (told to a previous owner of this stream) no longer reaches us in
   // stream order, so it is a batch dependency of its own (Note [GPU errors belong to batches]).
+  // Added after the waits: an op abandoned by a wait leaves no dependency behind.
   const uint64_t acknowledged = acknowledgedUpTo_.load(std::memory_order_acquire);
   for (const StreamUse& write : ownWrites) {
     if (write.batch <= acknowledged) {
       openBatchWaits_.emplace_back(this, write.batch);
     }
-  }
-  for (const StreamUse& dependency : dependencies) {
-    waitForStream(*dependency.stream, dependency.batch);
   }
   racePoint(SchedulePoint::BufferRecord);
   runtime_.bufferUses().settle(*this, uses, count, openBatch(), dependencies);
@@ -501,7 +670,9 @@ void Stream::serveCloseRequests() {
     return;
   }
   endKernelCoalescing();
-  commandBuffer(); // an op that failed before encoding leaves the batch empty: still close it
+  // An op that failed before encoding leaves the batch empty: still close it. The thread
+  // serving the request encodes nothing, so it is no participant of the batch.
+  openCommandBuffer();
   commitBatch(runtime_.commitAndContinue());
   counters_.closeRequestsServed.add();
 }

@@ -46,23 +46,49 @@
 // Note [GPU errors belong to batches]
 // A command buffer that fails on the GPU fails its batch (stream, N); the error is kept with
 // that batch, not with the stream, and is raised to everything that depends on the batch,
-// with the stream, the batch and the kernel's own message in it:
-// - in stream order: later batches of the same stream may read what the failed kernel left,
-//   so they carry the failure too, until the stream's owner has been told (its own
-//   COMMIT_AND_WAIT, or device synchronize from its thread, raised it: acknowledge()) or has
-//   given the stream back (a pool stream never carries an error to its next owner);
+// with the stream, the batch and the kernel's own message in it. Metal skips the rest of a
+// failed command buffer, so *all* work in batch N is lost, not only the failing kernel's: on
+// a stream shared by several threads (more threads than pool streams, or threadsafe off)
+// their neighbours' kernels in N are lost too. So the batch remembers the threads that
+// encoded work into it (its participants), and "told" is per thread, never per stream:
+// - in stream order: later batches of the same stream may read what the lost work left, so
+//   they carry the failure too, until the failure is settled: every participant of N has
+//   been told on its own thread (its COMMIT_AND_WAIT, a device synchronize or any raise of
+//   it reached that thread: acknowledge()) or has given the stream back (giveBack(); a pool
+//   stream never carries an error to its next owner). One participant being told (or
+//   leaving) settles nothing for the others (the explorer's F1: thread A's failure was told
+//   to A, and thread B, whose kernels in N were skipped, read zeros after Event.synchronize);
 // - across streams: a batch that waited on the GPU for a failed batch (useBuffers' ordering,
 //   waitStream, Event::wait) is failed with the same cause ("poisoned"): its reader gets the
 //   error, never the zeros the failed kernel left. Waits are recorded per batch at commit and
 //   resolved lazily, by whoever asks (failureOf), since the failed batch's completion handler
 //   may run after the dependent's;
 // - a wait on an already failed batch (waitForStream) raises at once;
-// - Event::synchronize raises the failure of the batch it recorded; device synchronize and a
-//   stream's synchronize raise the failures not yet told to the owner (includeAcknowledged
-//   false), so a failure does not stay sticky for everyone once its owner was told or left.
+// - what a caller depends on decides what it gets (FailureScope):
+//   * a reader of batch b's outputs, or a GPU wait on it (Reader): the failure of b itself,
+//     and of an earlier batch N of the stream that one of b's own threads had work in and was
+//     not told of (that thread may have encoded b reading what N's lost work left). The
+//     next owner of a pool stream shares no thread with the failed batch: its readers are
+//     clean (issue 8.2: a pool stream never carries an error to its next owner);
+//   * Event::synchronize of (stream, M) (Event): an event covers everything the stream ran
+//     up to M, whoever encoded it, so it raises any failure of a batch <= M while one of that
+//     batch's threads has not been told on its own thread (a thread that left untold cannot
+//     have passed the loss on to whoever reads its results through the event). The price:
+//     while such a thread lives on untold, or after it left untold, every Event.synchronize
+//     on that stream raises it (bounded by kMaxRememberedBatches), an event the pool stream's
+//     next owner records on it included. Readers through the tracker (useBuffers) are exact;
+//     only an event-ordered read that bypasses the tracker needs this breadth;
+//   * device and stream synchronize, COMMIT_AND_WAIT (Synchronize): the unsettled failures
+//     (above), so a failure does not stay sticky for everyone once its threads were told or
+//     left.
+// - A participant that gives the stream back untold hands the failure to the next
+//   device-wide synchronize, exactly once (orphaned errors; like CUDA's asynchronous errors,
+//   reported by the next synchronize), never to the next owner of the pool stream: nobody
+//   else is left who could be told, and issue 8 lists synchronize() among the dependents.
 // A thread whose work depends on no failed batch never receives the error. Failures are kept
-// for the last kMaxRememberedBatches failed batches of a stream, and batch dependencies for
-// as many batches: an error older than that is no longer delivered (counted in gpuErrors).
+// for the last kMaxRememberedBatches failed batches of a stream, and batch dependencies and
+// participants for as many batches: an error older than that is no longer delivered (counted
+// in gpuErrors).
 
 #include <atomic>
 #include <condition_variable>
@@ -70,7 +96,9 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "backend.h"
@@ -81,6 +109,13 @@ namespace at::mps::threadsafe {
 
 class Runtime;
 class EncoderLease;
+
+// What a caller asking for a batch's failure depends on (Note [GPU errors belong to batches]).
+enum class FailureScope : uint8_t {
+  Reader,      // the outputs of that batch (useBuffers, waitStream, Event::wait)
+  Event,       // everything the stream ran up to that batch (Event::synchronize)
+  Synchronize, // the caller's own synchronize of the stream or the device
+};
 
 // One buffer an op is about to encode a use of.
 struct BufferUse {
@@ -166,18 +201,27 @@ class Stream {
   // of its dispatch. Blocks until submittedBatch() >= batch. Any thread; from inside another
   // stream's queue, that stream keeps serving its own close requests meanwhile.
   void closeUpTo(uint64_t batch);
-  // Note [GPU errors belong to batches]. The failure carried by batch `batch` (completed:
-  // waits for its completion handler first), or nullptr. Any thread, no queue held.
-  // With includeAcknowledged false, a failure already told to the owner (acknowledge) is not
-  // returned for its own batch either: what a synchronize covering "everything up to now"
-  // raises, as opposed to a dependent of exactly that batch (a reader, a wait, an event).
-  std::shared_ptr<const std::string> failureOf(uint64_t batch, bool includeAcknowledged = true);
-  // Raises CommandBufferError if batch `batch` carries a failure.
-  void raiseIfFailed(uint64_t batch, bool includeAcknowledged = true);
-  // The owner has been told about failures up to `batch`: later batches no longer carry
-  // them in stream order (batches that failed or were poisoned keep theirs).
+  // Note [GPU errors belong to batches]. The failure that reaches a caller depending on
+  // batch `batch` as `scope` says (completed: waits for its completion handler first), or
+  // nullptr. Any thread, no queue held.
+  std::shared_ptr<const std::string> failureOf(uint64_t batch,
+                                               FailureScope scope = FailureScope::Reader);
+  // Raises CommandBufferError if failureOf(batch, scope) has one; the calling thread then
+  // counts as told (acknowledge).
+  void raiseIfFailed(uint64_t batch, FailureScope scope = FailureScope::Reader);
+  // The calling thread has been told about this stream's failures up to `batch`: once every
+  // thread with work in a failed batch was told (or gave the stream back), later batches no
+  // longer carry it in stream order (batches that failed or were poisoned keep theirs).
   void acknowledge(uint64_t batch);
-  // raiseIfFailed(submittedBatch(), false): what a synchronize of everything submitted raises.
+  // The calling thread gives the stream back (thread exit, releaseThreadStream): failures of
+  // its work it was not told about go to the next device synchronize (takeOrphanedFailures),
+  // and no longer to later batches of the stream (Note [GPU errors belong to batches]).
+  void giveBack();
+  // The failures of batches up to `batch` that a thread with work in them gave the stream
+  // back without being told; each is returned once, to the first device synchronize.
+  std::vector<std::shared_ptr<const std::string>> takeOrphanedFailures(uint64_t batch);
+  // raiseIfFailed(submittedBatch(), Synchronize): what a synchronize of everything submitted
+  // raises.
   void rethrowGpuError();
   // Policy hook: with it set, COMMIT_ADAPTIVE commits when it returns true.
   StreamCounters& counters() {
@@ -214,10 +258,26 @@ class Stream {
   void endLease() noexcept;
   void markUncommittedWork() {
     batchState_.fetch_or(1, std::memory_order_acq_rel);
+    noteWorkOfThisThread();
   }
+  // Records the calling thread as a participant of the open batch (once per batch).
+  void noteWorkOfThisThread();
+  // The command buffer of the open batch, without counting the caller as a participant (a
+  // commit on request encodes nothing of its own).
+  CommandBuffer& openCommandBuffer();
+  // Under progressMutex_: whether every participant of failed batch `batch` was told or
+  // gave the stream back (settled), and whether one was not told on its own thread (live).
+  bool settledLocked(uint64_t batch) const;
+  bool liveLocked(uint64_t batch) const;
+  // Whether a thread with work in both `failed` and `reader` was not told of `failed`.
+  bool sharesUntoldLocked(uint64_t failed, uint64_t reader) const;
+  // Whether failed batch `failed` reaches a caller of `scope` depending on batch `batch`.
+  bool carriesLocked(uint64_t failed, uint64_t batch, FailureScope scope) const;
+  void trimParticipantsLocked();
 
   Runtime& runtime_;
   const int id_;
+  const uint64_t serial_; // unique over the process: never reused by a later stream
   std::unique_ptr<CommandQueue> queue_;
   std::unique_ptr<SerialExecutor> executor_;
   std::shared_ptr<SharedEvent> timeline_;
@@ -247,7 +307,14 @@ class Stream {
   static constexpr size_t kMaxRememberedBatches = 1024;
   std::map<uint64_t, std::shared_ptr<const std::string>> failures_; // failed or poisoned
   std::map<uint64_t, std::vector<std::pair<Stream*, uint64_t>>> batchWaits_; // unresolved
-  std::atomic<uint64_t> acknowledgedUpTo_{0}; // written under progressMutex_
+  // Highest batch any thread was told of or gave the stream back at (written under
+  // progressMutex_): what decides for a batch with no recorded participant, and when a
+  // stream's own earlier write needs a batch dependency (useBuffers).
+  std::atomic<uint64_t> acknowledgedUpTo_{0};
+  std::map<uint64_t, std::vector<uint64_t>> participants_; // batch -> threads with work in it
+  std::unordered_map<uint64_t, uint64_t> toldUpTo_;        // thread -> told up to batch
+  std::unordered_map<uint64_t, uint64_t> gaveBackAt_;      // thread -> gave back after batch
+  std::set<uint64_t> orphansDelivered_; // failed batches handed to a device synchronize
   StreamCounters counters_;
 };
 

@@ -77,7 +77,7 @@ void printTally(const char* what, const Tally& t, double seconds) {
       "  GPU errors delivered %llu (error rounds) | policy switches refused %llu | race-point"
       " hits %llu | rounds with streams in parallel %llu\n"
       "  error rounds checked exactly %llu | known gaps: errors nobody received %llu, frees"
-      " pending on a never-committed batch %llu, rounds where synchronize kept raising %llu,\n  silent wrong reads on a stream shared with a failed batch %llu\n",
+      " pending on a never-committed batch %llu, rounds where synchronize kept raising %llu,\n  silent wrong reads on a stream shared with a failed batch %llu, readers that waited on a failed batch without error %llu\n",
       what, static_cast<unsigned long long>(t.rounds), static_cast<unsigned long long>(t.opRounds),
       static_cast<unsigned long long>(t.valuesChecked), seconds,
       seconds > 0 ? static_cast<double>(t.rounds) / seconds : 0.0,
@@ -92,7 +92,8 @@ void printTally(const char* what, const Tally& t, double seconds) {
       static_cast<unsigned long long>(t.isolatedErrorRounds),
       static_cast<unsigned long long>(t.errorsLost), static_cast<unsigned long long>(t.phantomFrees),
       static_cast<unsigned long long>(t.stickyErrorRounds),
-      static_cast<unsigned long long>(t.silentGarbage));
+      static_cast<unsigned long long>(t.silentGarbage),
+      static_cast<unsigned long long>(t.readersWithoutError));
   for (const std::string& failure : t.failures) {
     std::printf("  FAILED %s\n", failure.c_str());
   }

@@ -1,6 +1,8 @@
 // Note [GPU errors belong to batches] (stream.h): a failed batch's error reaches what depends
 // on it, on any stream, and nothing else (issue 8.2).
 
+#include <future>
+
 #include "test_support.h"
 
 namespace mpsts_test {
@@ -30,12 +32,24 @@ TEST_CASE("gpu errors: a reader on another stream of a failed batch's output get
   int buffer = 0;
   failThenWrite(a, &buffer);
   const BufferUse read{&buffer, Access::Read};
-  // The read may be encoded before or after A's batch completes; both must raise.
-  REQUIRE_THROWS_WITH(b.dispatch([&] {
-    b.useBuffers(&read, 1);
-    encodeKernel(b, [] {});
-    b.synchronize(SyncType::COMMIT_AND_WAIT);
-  }), Contains("index 100 out of range") && Contains("stream 1"));
+  // The read may be encoded before or after A's batch completes; both must raise. On a
+  // thread of its own: an error that reached a thread counts as told to that thread (Note
+  // [GPU errors belong to batches]), and A's thread must not be the one told here.
+  std::string readerSaw = "no error";
+  ThreadGroup reader;
+  reader.spawn([&] {
+    try {
+      b.dispatch([&] {
+        b.useBuffers(&read, 1);
+        encodeKernel(b, [] {});
+        b.synchronize(SyncType::COMMIT_AND_WAIT);
+      });
+    } catch (const CommandBufferError& e) {
+      readerSaw = e.what();
+    }
+  });
+  reader.joinAndRethrow();
+  REQUIRE_THAT(readerSaw, Contains("index 100 out of range") && Contains("stream 1"));
   // A's own synchronize raises it too: B seeing it did not take it from A.
   REQUIRE_THROWS_WITH(runKernel(a, [] {}, SyncType::COMMIT_AND_WAIT),
                       Contains("index 100 out of range"));
@@ -163,6 +177,150 @@ TEST_CASE("gpu errors: the next owner of a pool stream reading the failed output
   });
   second.joinAndRethrow();
   REQUIRE_THAT(reader, Contains("index 100 out of range"));
+}
+
+} // namespace mpsts_test
+
+// Regression tests for the explorer's findings F1–F3 (docs/reliability.md "Findings"), each
+// made certain by running the threads one after another (no race window needed).
+namespace mpsts_test {
+namespace {
+
+// Runs `fn` on a thread of its own, to completion (the thread has exited when this returns).
+void onThread(const std::function<void()>& fn) {
+  ThreadGroup group;
+  group.spawn(fn);
+  group.joinAndRethrow();
+}
+
+} // namespace
+
+// F1: Metal skips the rest of a failed command buffer, so a thread sharing the batch with a
+// failing kernel loses its own kernels too; telling the failing thread (or its exit) must
+// not settle the failure for that neighbour: an Event recorded on the stream after the
+// neighbour's work must raise, never leave it reading zeros.
+TEST_CASE("gpu errors: a neighbour's work lost with a failed batch of a shared stream is "
+          "raised by Event.synchronize",
+          "[errors][issue8][schedule]") {
+  for (const bool failingThreadExits : {false, true}) {
+    CAPTURE(failingThreadExits);
+    RuntimeOptions options;
+    options.threadsafe = true;
+    options.poolSize = 1; // every thread on the one pool stream
+    SimRuntime env(options);
+    uint64_t neighbourRow = 0;
+    Stream* shared = nullptr;
+    std::promise<void> failingEncoded;
+    std::promise<void> neighbourEncoded;
+    std::string failingThreadSaw;
+    ThreadGroup failing;
+    failing.spawn([&] {
+      Stream& mine = env.rt().currentStream();
+      shared = &mine;
+      mine.dispatch([&] {
+        encodeKernel(mine, [] { throw std::runtime_error("index 100 out of range"); });
+      });
+      failingEncoded.set_value();
+      neighbourEncoded.get_future().wait();
+      if (failingThreadExits) {
+        return; // its exit commits the batch and gives the stream back
+      }
+      try {
+        mine.dispatch([&] { mine.synchronize(SyncType::COMMIT_AND_WAIT); });
+      } catch (const CommandBufferError& e) {
+        failingThreadSaw = e.what(); // told: its own error
+      }
+    });
+    failingEncoded.get_future().wait();
+    ThreadGroup neighbour;
+    neighbour.spawn([&] {
+      Stream& mine = env.rt().currentStream();
+      mine.dispatch([&] { // the same open batch as the failing kernel
+        encodeKernel(mine, [&] { neighbourRow = 42; });
+      });
+      neighbourEncoded.set_value();
+    });
+    neighbour.joinAndRethrow();
+    failing.joinAndRethrow();
+    REQUIRE(shared != nullptr);
+    // Told to the failing thread itself (before the fix, the neighbour's exit had settled it
+    // for the whole stream, and it was told nothing either).
+    CHECK(failingThreadExits == failingThreadSaw.empty());
+    // A later batch on the stream (another thread's), then a reader of the neighbour's row
+    // that orders itself after everything the stream ran with an Event.
+    onThread([&] { runKernel(*shared, [] {}, SyncType::COMMIT); });
+    Event event;
+    event.record(*shared);
+    REQUIRE(neighbourRow == 0); // skipped with the failed batch, as Metal does
+    REQUIRE_THROWS_WITH(event.synchronize(), Contains("index 100 out of range"));
+  }
+}
+
+// F2: the failing thread exits without anyone reading its output or synchronizing: the next
+// device-wide synchronize raises its error, exactly once, and the next owner of its pool
+// stream never does.
+TEST_CASE("gpu errors: the error of a thread that exited untold goes to the next device "
+          "synchronize, once",
+          "[errors][issue8][schedule]") {
+  RuntimeOptions options;
+  options.threadsafe = true;
+  options.poolSize = 2;
+  SimRuntime env(options);
+  Stream* failedOn = nullptr;
+  onThread([&] {
+    Stream& mine = env.rt().currentStream();
+    failedOn = &mine;
+    runKernel(mine, [] { throw std::runtime_error("index 100 out of range"); },
+              SyncType::COMMIT_AND_CONTINUE);
+    mine.waitCompleted(mine.submittedBatch());
+  });
+  REQUIRE(failedOn->failureOf(1) != nullptr);
+  REQUIRE_THROWS_WITH(env.rt().synchronizeDevice(),
+                      Contains("index 100 out of range") && Contains("batch 1"));
+  REQUIRE_NOTHROW(env.rt().synchronizeDevice()); // once, not sticky
+  std::string nextOwner = "not bound to the failed stream";
+  for (int attempt = 0; attempt < 2; ++attempt) { // the pool hands out both streams in turn
+    onThread([&] {
+      Stream& mine = env.rt().currentStream();
+      if (&mine != failedOn) {
+        return;
+      }
+      try {
+        runKernel(mine, [] {}, SyncType::COMMIT_AND_WAIT);
+        env.rt().synchronizeDevice();
+        nextOwner.clear();
+      } catch (const std::exception& e) {
+        nextOwner = e.what();
+      }
+    });
+  }
+  REQUIRE(nextOwner.empty());
+}
+
+// F3: a dependency's wait raises inside useBuffers (its batch failed): the op is abandoned
+// before it was encoded, so the uses it recorded must go with it; a use left behind names an
+// open batch nothing commits, and a free of the buffer would wait for it forever.
+TEST_CASE("gpu errors: useBuffers that raises leaves no use behind for a free to wait on",
+          "[errors][issue8][schedule]") {
+  SimRuntime env;
+  Stream& a = env.rt().stream(1);
+  Stream& b = env.rt().stream(2);
+  int buffer = 0;
+  int scratch = 0;
+  failThenWrite(a, &buffer);
+  a.waitCompleted(a.submittedBatch());
+  const BufferUse uses[2] = {{&scratch, Access::Write}, {&buffer, Access::Read}};
+  REQUIRE_THROWS_WITH(b.dispatch([&] {
+    b.useBuffers(uses, 2);
+    encodeKernel(b, [] {});
+  }), Contains("index 100 out of range"));
+  REQUIRE_FALSE(b.hasUncommittedWork());
+  Counter deferred;
+  PendingFrees frees(deferred);
+  frees.add(&buffer, env.rt().bufferUses().release(&buffer));
+  frees.add(&scratch, env.rt().bufferUses().release(&scratch));
+  // Both free now: every use left was made in a batch that completed.
+  REQUIRE(frees.takeReusable(nullptr).size() == 2);
 }
 
 } // namespace mpsts_test

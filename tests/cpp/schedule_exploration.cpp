@@ -50,7 +50,8 @@ std::string summary(const Tally& t) {
       std::to_string(t.errorsLost) + " errors nobody received, " +
       std::to_string(t.phantomFrees) + " frees pending on a never-committed batch, " +
       std::to_string(t.stickyErrorRounds) + " rounds where synchronize kept raising, " +
-      std::to_string(t.silentGarbage) + " silent wrong reads on a stream shared with a failure";
+      std::to_string(t.silentGarbage) + " silent wrong reads on a stream shared with a failure, " +
+      std::to_string(t.readersWithoutError) + " readers that waited on a failed batch without error";
   for (const std::string& failure : t.failures) {
     text += "\n  " + failure;
   }
@@ -92,6 +93,12 @@ TEST_CASE("every pair of cross-thread operations through seeded schedules: right
   // batch and to no unrelated thread, checked exactly where each thread has its own stream.
   CHECK(t.errorsDelivered > 0);
   CHECK(t.isolatedErrorRounds > 0);
+  // Findings F1–F3 (docs/reliability.md), fixed: no longer tolerated anywhere (one rare
+  // residual case, readersWithoutError, is pinned by a [!mayfail] test below).
+  CHECK(t.errorsLost == 0);
+  CHECK(t.phantomFrees == 0);
+  CHECK(t.silentGarbage == 0);
+  CHECK(t.stickyErrorRounds == 0);
 }
 
 TEST_CASE("random 8-thread rounds through seeded schedules", "[schedule]") {
@@ -104,6 +111,9 @@ TEST_CASE("random 8-thread rounds through seeded schedules", "[schedule]") {
   CHECK(t.opRounds == static_cast<uint64_t>(rounds) * 8);
   CHECK(t.parallelRounds > t.rounds / 4);
   CHECK(t.failedRounds == 0);
+  CHECK(t.phantomFrees == 0);
+  CHECK(t.silentGarbage == 0);
+  CHECK(t.stickyErrorRounds == 0);
 }
 
 // The negative controls: the CI budget of seeds finds the bug a missing protection lets in.
@@ -145,11 +155,13 @@ TEST_CASE("with deferred frees off, the exploration finds a recycled block overw
 
 namespace mpsts_test {
 
-// Known gaps of the GPU error model the exploration found (reported to the runtime branch;
-// docs/reliability.md "Findings"). [!mayfail]: shown in every run, not hidden, until fixed.
+// The GPU error model's findings F1–F3 of the exploration (docs/reliability.md "Findings"),
+// fixed in the runtime (Note [GPU errors belong to batches], useBuffers' undoRecord): the
+// exploration's counts of them must stay 0. (Their deterministic regression tests are in
+// gpu_errors.cpp.)
 TEST_CASE("every failed kernel's error reaches some caller, and frees never wait on a batch "
           "nothing commits",
-          "[schedule][!mayfail]") {
+          "[schedule]") {
   Tally t;
   // Each thread on its own pool stream (exact checks) and on shared streams.
   for (int pool : {8, 1}) {
@@ -169,11 +181,37 @@ TEST_CASE("every failed kernel's error reaches some caller, and frees never wait
   CHECK(t.failedRounds == 0);
   CHECK(t.errorsLost == 0);
   CHECK(t.phantomFrees == 0);
+  CHECK(t.stickyErrorRounds == 0);
+  // F2 is fixed (every failure reaches some caller); what is left, rare and only on a loaded
+  // machine (about 1 run of this test in 15 with another test running beside it), is a
+  // reader that waited on a failed batch (EventWait / CloseRequest / WaitStream with
+  // GpuError, e.g. seed 18 EventWait,GpuError) getting no error: counted apart
+  // (readersWithoutError), pinned by the [!mayfail] test below until its cause is found.
+}
+
+TEST_CASE("a reader that waited on a failed batch always receives its error (open, rare)",
+          "[schedule][!mayfail]") {
+  Tally t;
+  for (int pool : {8, 1}) {
+    for (Op other : {Op::EventWait, Op::CloseRequest, Op::WaitStream}) {
+      for (int s = 1; s <= 40; ++s) {
+        RoundSpec spec;
+        spec.ops = {other, Op::GpuError};
+        spec.seed = static_cast<uint64_t>(s);
+        spec.poolSize = pool;
+        spec.threadsafe = 1;
+        t.add(runRound(spec, ExploreOptions{}));
+      }
+    }
+  }
+  INFO(summary(t));
+  CHECK(t.failedRounds == 0);
+  CHECK(t.readersWithoutError == 0);
 }
 
 TEST_CASE("a thread sharing a pool stream with a failing op never reads its skipped work "
           "silently",
-          "[schedule][!mayfail]") {
+          "[schedule]") {
   Tally t;
   for (uint64_t seed : {4839u, 5317u}) { // found by the 8-thread soak (docs/reliability.md)
     for (int r = 0; r < 20; ++r) {
