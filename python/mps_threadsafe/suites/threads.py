@@ -101,7 +101,8 @@ def run_threads(device, model_name, threads, iterations, batch=None, check=False
             return
         try:
             if barrier.wait() == 0:
-                device.arm_race_meetings()
+                if threads > 1:  # one thread has no one to race: it would wait out every meeting
+                    device.arm_race_meetings()
                 clock["start"] = time.perf_counter()
         except threading.BrokenBarrierError:
             return
