@@ -13,6 +13,7 @@
 namespace at::mps::threadsafe {
 
 std::atomic<const TestHookFn*> test_hooks::gHook{nullptr};
+std::atomic<int> test_hooks::gCallsInFlight{0};
 
 namespace {
 

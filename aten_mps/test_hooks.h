@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <thread>
 
 namespace at::mps::threadsafe {
 
@@ -43,12 +44,20 @@ using TestHookFn = std::function<void(TestHook, Stream*)>;
 
 namespace test_hooks {
 extern std::atomic<const TestHookFn*> gHook;
+// Calls of the hook in progress: a completion handler on a sim thread may still be inside the
+// hook when the test's TestHookScope ends, and must not run a destroyed std::function.
+extern std::atomic<int> gCallsInFlight;
 } // namespace test_hooks
 
 inline void testHook(TestHook point, Stream* stream = nullptr) {
-  if (const TestHookFn* hook = test_hooks::gHook.load(std::memory_order_acquire)) [[unlikely]] {
+  if (test_hooks::gHook.load(std::memory_order_relaxed) == nullptr) [[likely]] {
+    return; // off: one relaxed load
+  }
+  test_hooks::gCallsInFlight.fetch_add(1); // seq_cst: ordered against ~TestHookScope's store
+  if (const TestHookFn* hook = test_hooks::gHook.load()) {
     (*hook)(point, stream);
   }
+  test_hooks::gCallsInFlight.fetch_sub(1);
 }
 
 // Sets `fn` as the hook for the scope; restores none after.
@@ -58,7 +67,10 @@ class TestHookScope {
     test_hooks::gHook.store(&fn_, std::memory_order_release);
   }
   ~TestHookScope() {
-    test_hooks::gHook.store(nullptr, std::memory_order_release);
+    test_hooks::gHook.store(nullptr); // seq_cst: a call that missed it is counted in flight
+    while (test_hooks::gCallsInFlight.load() != 0) {
+      std::this_thread::yield();
+    }
   }
   TestHookScope(const TestHookScope&) = delete;
   TestHookScope& operator=(const TestHookScope&) = delete;
