@@ -37,13 +37,6 @@ struct ThreadState {
 };
 thread_local ThreadState tls;
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
 void spinFor(uint32_t us) {
   const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
   while (std::chrono::steady_clock::now() < until) {
@@ -174,6 +167,13 @@ void detail::perturb(SchedulePoint point) {
     gSpins.fetch_add(1, std::memory_order_relaxed);
     spinFor(1 + amount % gMaxSpinUs.load(std::memory_order_relaxed));
   }
+}
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
 }
 
 } // namespace at::mps::threadsafe::schedule

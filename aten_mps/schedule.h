@@ -82,6 +82,9 @@ uint64_t seed();
 // Names the calling thread for the generator (Note [Seeded schedules]).
 void setThreadOrdinal(uint32_t ordinal);
 const char* pointName(SchedulePoint point);
+// SplitMix64's finalizer: the generator behind every seeded decision (also the exploration
+// driver's, so a seed means the same stream of numbers everywhere).
+uint64_t splitmix64(uint64_t x);
 
 // How many race points were hit and perturbed since the last enable(): shows the mode acts.
 struct Stats {

@@ -35,10 +35,7 @@ const char* const kOpNames[] = {"Dispatch",  "Commit",      "CommitAndContinue",
 static_assert(sizeof(kOpNames) / sizeof(kOpNames[0]) == kOpCount);
 
 uint64_t mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
+  return schedule::splitmix64(x);
 }
 
 bool isConsumer(Op op) {
