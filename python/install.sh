@@ -7,7 +7,7 @@
 #   MPSTS_PYTHON=python3.11   interpreter for a new virtualenv (default python3)
 #   MPSTS_JOBS=N              parallel compile jobs (default 2)
 #   MPSTS_TORCH_SPEC="torch==2.13.0"  torch to install when the venv has none (default torch==2.13.0:
-#                             a CPU build; the tested range is >=2.11,<2.14, python/pyproject.toml)
+#                             a CPU build; tested: 2.6, 2.11, 2.13, 2.14.1 — python/pyproject.toml)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
