@@ -89,23 +89,14 @@ struct ThreadBindings {
 
 thread_local ThreadBindings tlsBindings;
 
-uint8_t toBits(Protections p) {
-  return static_cast<uint8_t>((p.serialQueue ? 1 : 0) | (p.domains ? 2 : 0) |
-                              (p.crossStreamOrder ? 4 : 0) | (p.deferredFrees ? 8 : 0));
-}
-
-Protections fromBits(uint8_t bits) {
-  return {(bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0, (bits & 8) != 0};
-}
-
 } // namespace
 
 Runtime::Runtime(std::unique_ptr<Device> device, RuntimeOptions options)
     : device_(std::move(device)),
       poolSize_(options.poolSize),
-      commitAndContinue_(options.commitAndContinue),
+      commitPolicy_(options.commitAndContinue),
       threadsafe_(options.threadsafe),
-      protectionBits_(toBits(options.protections)),
+      protections_(options.protections),
       serial_(nextRuntimeSerial.fetch_add(1)),
       life_(std::make_shared<Life>()),
       streams_(static_cast<size_t>(std::max(options.poolSize, 0)) + 1) {
@@ -334,21 +325,11 @@ void Runtime::setThreadsafe(bool on) {
 // ---- Protections --------------------------------------------------------------------------
 
 Protections Runtime::protections() const {
-  return fromBits(protectionBits_.load(std::memory_order_acquire));
+  return protections_.load();
 }
 
 void Runtime::setProtections(Protections protections) {
-  protectionBits_.store(toBits(protections), std::memory_order_release);
-}
-
-void Runtime::setMemoryPressureProbe(std::function<bool()> probe) {
-  std::lock_guard<std::mutex> lock(probeMutex_);
-  memoryPressureProbe_ = std::move(probe);
-}
-
-bool Runtime::underMemoryPressure() const {
-  std::lock_guard<std::mutex> lock(probeMutex_);
-  return memoryPressureProbe_ && memoryPressureProbe_();
+  protections_.store(protections);
 }
 
 // ---- Device-wide synchronize --------------------------------------------------------------

@@ -61,6 +61,7 @@
 
 #include "backend.h"
 #include "buffer_uses.h"
+#include "commit_policy.h"
 #include "diagnostics.h"
 #include "domains.h"
 #include "protections.h"
@@ -124,12 +125,16 @@ class Runtime {
   Protections protections() const;
   void setProtections(Protections protections);
   bool commitAndContinue() const {
-    return commitAndContinue_;
+    return commitPolicy_.commitAndContinue();
   }
 
   // COMMIT_ADAPTIVE asks this (the allocator's low-watermark test upstream).
-  void setMemoryPressureProbe(std::function<bool()> probe);
-  bool underMemoryPressure() const;
+  void setMemoryPressureProbe(std::function<bool()> probe) {
+    commitPolicy_.setMemoryPressureProbe(std::move(probe));
+  }
+  bool underMemoryPressure() const {
+    return commitPolicy_.underMemoryPressure();
+  }
 
   // ---- Cross-stream state -----------------------------------------------------------------
   DomainRegistry& domains() {
@@ -164,9 +169,9 @@ class Runtime {
 
   std::unique_ptr<Device> device_;
   const int poolSize_;
-  const bool commitAndContinue_;
+  CommitPolicy commitPolicy_;
   std::atomic<bool> threadsafe_;
-  std::atomic<uint8_t> protectionBits_;
+  AtomicProtections protections_;
   const uint64_t serial_; // tells runtimes apart in thread-local state
   std::shared_ptr<Life> life_;
 
@@ -175,9 +180,6 @@ class Runtime {
   std::atomic<uint32_t> roundRobin_{0};
   std::mutex policyMutex_; // serializes setThreadsafe
   std::atomic<uint64_t> policyEpoch_{0}; // Note [Switching the policy]
-
-  mutable std::mutex probeMutex_;
-  std::function<bool()> memoryPressureProbe_;
 
   RuntimeCounters counters_; // before pendingFrees_, which counts into it
   DomainRegistry domains_;
