@@ -163,6 +163,12 @@ Stream& Runtime::streamFromPool() {
   return stream(1 + static_cast<int>(next % static_cast<uint32_t>(poolSize_)));
 }
 
+bool Runtime::owns(const Stream& stream) const {
+  const int id = stream.id();
+  return id >= 0 && id <= poolSize_ &&
+         streams_[static_cast<size_t>(id)].load(std::memory_order_acquire) == &stream;
+}
+
 std::vector<Stream*> Runtime::createdStreams() const {
   std::vector<Stream*> result;
   for (const auto& slot : streams_) {
@@ -230,7 +236,7 @@ Stream* Runtime::currentStreamIfAny() {
 }
 
 void Runtime::setCurrentStream(Stream* stream) {
-  if (stream != nullptr && &stream->runtime() != this) {
+  if (stream != nullptr && !owns(*stream)) {
     throw InvalidArgument("setCurrentStream(): stream " + std::to_string(stream->id()) +
                           " belongs to another MPS device");
   }

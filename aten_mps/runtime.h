@@ -98,6 +98,8 @@ class Runtime {
   Stream& streamFromPool();
   // Streams created so far, in id order.
   std::vector<Stream*> createdStreams() const;
+  // Whether `stream` is one of this runtime's streams.
+  bool owns(const Stream& stream) const;
 
   // ---- Thread policy (Note [Thread policy]) -----------------------------------------------
   Stream& currentStream();
