@@ -99,7 +99,8 @@ Runtime::Runtime(std::unique_ptr<Device> device, RuntimeOptions options)
       protections_(options.protections),
       serial_(nextRuntimeSerial.fetch_add(1)),
       life_(std::make_shared<Life>()),
-      streams_(static_cast<size_t>(std::max(options.poolSize, 0)) + 1) {
+      streams_(static_cast<size_t>(std::max(options.poolSize, 0)) + 1),
+      streamContext_{counters_, protections_, commitPolicy_, bufferUses_, *this, options.poolSize} {
   if (!device_) {
     throw InvalidArgument("Runtime needs a device");
   }
@@ -136,7 +137,7 @@ Stream& Runtime::createStream(int id) {
   if (existing != nullptr) {
     return *existing;
   }
-  auto* created = new Stream(*this, id, *device_);
+  auto* created = new Stream(streamContext_, id, *device_);
   streams_[static_cast<size_t>(id)].store(created, std::memory_order_release);
   return *created;
 }
@@ -397,8 +398,7 @@ void Runtime::synchronizeDevice() {
 // ---- Diagnostics --------------------------------------------------------------------------
 
 void Runtime::contractError(const std::string& message) {
-  counters_.contractViolations.add();
-  throw ContractError(message);
+  streamContext_.contractError(message);
 }
 
 RuntimeStats Runtime::stats() const {

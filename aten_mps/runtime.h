@@ -66,6 +66,7 @@
 #include "domains.h"
 #include "protections.h"
 #include "stream.h"
+#include "stream_context.h"
 
 namespace at::mps::threadsafe {
 
@@ -77,7 +78,11 @@ struct RuntimeOptions {
   bool commitAndContinue = true;
 };
 
-class Runtime {
+// Builds its streams with a StreamContext it owns, and answers their thread-policy questions
+// (Note [A stream knows its context, not its runtime]). Final: it is never a base, and a class
+// with virtual functions and a public non-virtual destructor fails PyTorch's
+// -Werror=non-virtual-dtor.
+class Runtime final : public StreamThreadPolicy {
  public:
   explicit Runtime(std::unique_ptr<Device> device, RuntimeOptions options = {});
   ~Runtime();
@@ -115,13 +120,13 @@ class Runtime {
   }
   void setThreadsafe(bool on); // Note [Switching the policy]
   // Whether this thread's policy chose `stream` under a policy that has switched since.
-  bool choseByStalePolicy(const Stream& stream) const;
+  bool choseByStalePolicy(const Stream& stream) const override;
   // Gives this thread's bound pool stream back now (thread exit does it too).
   void releaseThreadStream();
   // Records that the calling thread encoded work on `stream` (once per batch, from the
   // stream): at thread exit it gives every such stream back (Note [GPU errors belong to
   // batches]).
-  void noteThreadWorkedOn(Stream& stream);
+  void noteThreadWorkedOn(Stream& stream) override;
 
   // ---- Protections (protections.h) --------------------------------------------------------
   Protections protections() const;
@@ -187,6 +192,9 @@ class Runtime {
   DomainRegistry domains_;
   BufferUseTracker bufferUses_;
   PendingFrees pendingFrees_{counters_.deferredFrees};
+  // What the streams get of the above (Note [A stream knows its context, not its runtime]);
+  // the streams are destroyed in ~Runtime, before it.
+  StreamContext streamContext_;
 };
 
 } // namespace at::mps::threadsafe
