@@ -89,26 +89,18 @@ struct ThreadBindings {
 
 thread_local ThreadBindings tlsBindings;
 
-uint8_t toBits(Protections p) {
-  return static_cast<uint8_t>((p.serialQueue ? 1 : 0) | (p.domains ? 2 : 0) |
-                              (p.crossStreamOrder ? 4 : 0) | (p.deferredFrees ? 8 : 0));
-}
-
-Protections fromBits(uint8_t bits) {
-  return {(bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0, (bits & 8) != 0};
-}
-
 } // namespace
 
 Runtime::Runtime(std::unique_ptr<Device> device, RuntimeOptions options)
     : device_(std::move(device)),
       poolSize_(options.poolSize),
-      commitAndContinue_(options.commitAndContinue),
+      commitPolicy_(options.commitAndContinue),
       threadsafe_(options.threadsafe),
-      protectionBits_(toBits(options.protections)),
+      protections_(options.protections),
       serial_(nextRuntimeSerial.fetch_add(1)),
       life_(std::make_shared<Life>()),
-      streams_(static_cast<size_t>(std::max(options.poolSize, 0)) + 1) {
+      streams_(static_cast<size_t>(std::max(options.poolSize, 0)) + 1),
+      streamContext_{counters_, protections_, commitPolicy_, bufferUses_, *this, options.poolSize} {
   if (!device_) {
     throw InvalidArgument("Runtime needs a device");
   }
@@ -145,7 +137,7 @@ Stream& Runtime::createStream(int id) {
   if (existing != nullptr) {
     return *existing;
   }
-  auto* created = new Stream(*this, id, *device_);
+  auto* created = new Stream(streamContext_, id, *device_);
   streams_[static_cast<size_t>(id)].store(created, std::memory_order_release);
   return *created;
 }
@@ -170,6 +162,12 @@ Stream& Runtime::defaultStream() {
 Stream& Runtime::streamFromPool() {
   const uint32_t next = roundRobin_.fetch_add(1, std::memory_order_relaxed);
   return stream(1 + static_cast<int>(next % static_cast<uint32_t>(poolSize_)));
+}
+
+bool Runtime::owns(const Stream& stream) const {
+  const int id = stream.id();
+  return id >= 0 && id <= poolSize_ &&
+         streams_[static_cast<size_t>(id)].load(std::memory_order_acquire) == &stream;
 }
 
 std::vector<Stream*> Runtime::createdStreams() const {
@@ -239,7 +237,7 @@ Stream* Runtime::currentStreamIfAny() {
 }
 
 void Runtime::setCurrentStream(Stream* stream) {
-  if (stream != nullptr && &stream->runtime() != this) {
+  if (stream != nullptr && !owns(*stream)) {
     throw InvalidArgument("setCurrentStream(): stream " + std::to_string(stream->id()) +
                           " belongs to another MPS device");
   }
@@ -334,21 +332,11 @@ void Runtime::setThreadsafe(bool on) {
 // ---- Protections --------------------------------------------------------------------------
 
 Protections Runtime::protections() const {
-  return fromBits(protectionBits_.load(std::memory_order_acquire));
+  return protections_.load();
 }
 
 void Runtime::setProtections(Protections protections) {
-  protectionBits_.store(toBits(protections), std::memory_order_release);
-}
-
-void Runtime::setMemoryPressureProbe(std::function<bool()> probe) {
-  std::lock_guard<std::mutex> lock(probeMutex_);
-  memoryPressureProbe_ = std::move(probe);
-}
-
-bool Runtime::underMemoryPressure() const {
-  std::lock_guard<std::mutex> lock(probeMutex_);
-  return memoryPressureProbe_ && memoryPressureProbe_();
+  protections_.store(protections);
 }
 
 // ---- Device-wide synchronize --------------------------------------------------------------
@@ -410,8 +398,7 @@ void Runtime::synchronizeDevice() {
 // ---- Diagnostics --------------------------------------------------------------------------
 
 void Runtime::contractError(const std::string& message) {
-  counters_.contractViolations.add();
-  throw ContractError(message);
+  streamContext_.contractError(message);
 }
 
 RuntimeStats Runtime::stats() const {

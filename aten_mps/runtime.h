@@ -61,10 +61,12 @@
 
 #include "backend.h"
 #include "buffer_uses.h"
+#include "commit_policy.h"
 #include "diagnostics.h"
 #include "domains.h"
 #include "protections.h"
 #include "stream.h"
+#include "stream_context.h"
 
 namespace at::mps::threadsafe {
 
@@ -76,7 +78,11 @@ struct RuntimeOptions {
   bool commitAndContinue = true;
 };
 
-class Runtime {
+// Builds its streams with a StreamContext it owns, and answers their thread-policy questions
+// (Note [A stream knows its context, not its runtime]). Final: it is never a base, and a class
+// with virtual functions and a public non-virtual destructor fails PyTorch's
+// -Werror=non-virtual-dtor.
+class Runtime final : public StreamThreadPolicy {
  public:
   explicit Runtime(std::unique_ptr<Device> device, RuntimeOptions options = {});
   ~Runtime();
@@ -97,6 +103,8 @@ class Runtime {
   Stream& streamFromPool();
   // Streams created so far, in id order.
   std::vector<Stream*> createdStreams() const;
+  // Whether `stream` is one of this runtime's streams.
+  bool owns(const Stream& stream) const;
 
   // ---- Thread policy (Note [Thread policy]) -----------------------------------------------
   Stream& currentStream();
@@ -112,24 +120,28 @@ class Runtime {
   }
   void setThreadsafe(bool on); // Note [Switching the policy]
   // Whether this thread's policy chose `stream` under a policy that has switched since.
-  bool choseByStalePolicy(const Stream& stream) const;
+  bool choseByStalePolicy(const Stream& stream) const override;
   // Gives this thread's bound pool stream back now (thread exit does it too).
   void releaseThreadStream();
   // Records that the calling thread encoded work on `stream` (once per batch, from the
   // stream): at thread exit it gives every such stream back (Note [GPU errors belong to
   // batches]).
-  void noteThreadWorkedOn(Stream& stream);
+  void noteThreadWorkedOn(Stream& stream) override;
 
   // ---- Protections (protections.h) --------------------------------------------------------
   Protections protections() const;
   void setProtections(Protections protections);
   bool commitAndContinue() const {
-    return commitAndContinue_;
+    return commitPolicy_.commitAndContinue();
   }
 
   // COMMIT_ADAPTIVE asks this (the allocator's low-watermark test upstream).
-  void setMemoryPressureProbe(std::function<bool()> probe);
-  bool underMemoryPressure() const;
+  void setMemoryPressureProbe(std::function<bool()> probe) {
+    commitPolicy_.setMemoryPressureProbe(std::move(probe));
+  }
+  bool underMemoryPressure() const {
+    return commitPolicy_.underMemoryPressure();
+  }
 
   // ---- Cross-stream state -----------------------------------------------------------------
   DomainRegistry& domains() {
@@ -164,9 +176,9 @@ class Runtime {
 
   std::unique_ptr<Device> device_;
   const int poolSize_;
-  const bool commitAndContinue_;
+  CommitPolicy commitPolicy_;
   std::atomic<bool> threadsafe_;
-  std::atomic<uint8_t> protectionBits_;
+  AtomicProtections protections_;
   const uint64_t serial_; // tells runtimes apart in thread-local state
   std::shared_ptr<Life> life_;
 
@@ -176,13 +188,13 @@ class Runtime {
   std::mutex policyMutex_; // serializes setThreadsafe
   std::atomic<uint64_t> policyEpoch_{0}; // Note [Switching the policy]
 
-  mutable std::mutex probeMutex_;
-  std::function<bool()> memoryPressureProbe_;
-
   RuntimeCounters counters_; // before pendingFrees_, which counts into it
   DomainRegistry domains_;
   BufferUseTracker bufferUses_;
   PendingFrees pendingFrees_{counters_.deferredFrees};
+  // What the streams get of the above (Note [A stream knows its context, not its runtime]);
+  // the streams are destroyed in ~Runtime, before it.
+  StreamContext streamContext_;
 };
 
 } // namespace at::mps::threadsafe

@@ -4,9 +4,9 @@
 #include <chrono>
 #include <string>
 
+#include "buffer_uses.h"
 #include "domains.h"
 #include "errors.h"
-#include "runtime.h"
 #include "schedule.h"
 #include "test_hooks.h"
 
@@ -65,14 +65,14 @@ std::string streamName(int id) {
 
 } // namespace
 
-Stream::Stream(Runtime& runtime, int id, Device& device)
-    : runtime_(runtime),
+Stream::Stream(const StreamContext& context, int id, Device& device)
+    : context_(context),
       id_(id),
       serial_(nextStreamSerial()),
       queue_(device.makeCommandQueue("mps " + streamName(id))),
       executor_(device.makeSerialExecutor("metal gpu " + streamName(id))),
       timeline_(device.makeSharedEvent()),
-      waitedUpTo_(static_cast<size_t>(runtime.poolSize()) + 1, 0) {}
+      waitedUpTo_(static_cast<size_t>(context.poolSize) + 1, 0) {}
 
 Stream::~Stream() {
   // A completion handler may still be inside onBatchCompleted (notifying) although a waiter
@@ -93,25 +93,25 @@ bool Stream::isCurrent() const {
 
 void Stream::dispatch(FunctionRef<void()> fn) {
   if (tlsInsideStream == this) {
-    runtime_.counters().contractViolations.add();
+    context_.counters.contractViolations.add();
     throw ReentryError("dispatch_sync onto the queue of " + streamName(id_) +
                        " from inside it would deadlock; run the code directly instead");
   }
   if (tlsInsideStream != nullptr) {
-    runtime_.contractError("dispatch onto " + streamName(id_) + " from inside the queue of " +
+    context_.contractError("dispatch onto " + streamName(id_) + " from inside the queue of " +
                            streamName(tlsInsideStream->id()) +
                            ": nested stream queues can deadlock; leave the first queue before "
                            "entering the second");
   }
   if (DomainGuard::heldByThisThread() > 0) {
-    runtime_.contractError("dispatch onto " + streamName(id_) +
+    context_.contractError("dispatch onto " + streamName(id_) +
                            " while holding a serialization domain: take domains inside the "
                            "queue, never around it (Note [Domain lock order])");
   }
   counters_.dispatches.add();
   racePoint(SchedulePoint::DispatchEnter);
   auto body = [&] {
-    InsideScope inside(*this, runtime_.counters());
+    InsideScope inside(*this, context_.counters);
     try {
       fn();
     } catch (...) {
@@ -125,11 +125,11 @@ void Stream::dispatch(FunctionRef<void()> fn) {
     }
     racePoint(SchedulePoint::DispatchExit);
     serveCloseRequests();
-    if (runtime_.choseByStalePolicy(*this) && !leaseOut()) {
+    if (context_.threadPolicy.choseByStalePolicy(*this) && !leaseOut()) {
       synchronize(SyncType::COMMIT); // Note [Switching the policy]
     }
   };
-  if (!runtime_.protections().serialQueue) {
+  if (!context_.protections.load().serialQueue) {
     body(); // the deliberately unsafe mode: no mutual exclusion (protections.h)
     return;
   }
@@ -142,15 +142,15 @@ void Stream::dispatch(FunctionRef<void()> fn) {
 
 void Stream::requireOnQueue(const char* what) const {
   if (!isCurrent()) {
-    runtime_.contractError(std::string(what) + " called off the serial queue of " +
+    context_.contractError(std::string(what) + " called off the serial queue of " +
                            streamName(id_) +
                            "; wrap the call in dispatch_sync_with_rethrow(stream->queue(), ...)");
   }
 }
 
 void Stream::requireNoLease(const char* what) {
-  if (leaseOut_.load(std::memory_order_acquire) && runtime_.protections().serialQueue) {
-    runtime_.contractError(std::string(what) + " on " + streamName(id_) +
+  if (leaseOut_.load(std::memory_order_acquire) && context_.protections.load().serialQueue) {
+    context_.contractError(std::string(what) + " on " + streamName(id_) +
                            " while its encoder is leased: the lease holder would keep encoding "
                            "into an ended encoder");
   }
@@ -191,7 +191,7 @@ void Stream::noteWorkOfThisThread() {
     }
     trimParticipantsLocked();
   }
-  runtime_.noteThreadWorkedOn(*this);
+  context_.threadPolicy.noteThreadWorkedOn(*this);
 }
 
 void Stream::trimParticipantsLocked() {
@@ -256,8 +256,8 @@ ComputeEncoder& Stream::commandEncoder() {
 
 EncoderLease Stream::leaseEncoder() {
   requireOnQueue("leaseEncoder()");
-  if (leaseOut_.load(std::memory_order_acquire) && runtime_.protections().serialQueue) {
-    runtime_.contractError("leaseEncoder() on " + streamName(id_) +
+  if (leaseOut_.load(std::memory_order_acquire) && context_.protections.load().serialQueue) {
+    context_.contractError("leaseEncoder() on " + streamName(id_) +
                            " while its encoder is already leased");
   }
   ComputeEncoder& encoder = commandEncoder();
@@ -294,11 +294,11 @@ void Stream::synchronize(SyncType type) {
     case SyncType::NONE:
       break;
     case SyncType::COMMIT:
-      commitBatch(runtime_.commitAndContinue());
+      commitBatch(context_.commitPolicy.commitAndContinue());
       break;
     case SyncType::COMMIT_ADAPTIVE:
-      if (runtime_.underMemoryPressure()) {
-        commitBatch(runtime_.commitAndContinue());
+      if (context_.commitPolicy.underMemoryPressure()) {
+        commitBatch(context_.commitPolicy.commitAndContinue());
       }
       break;
     case SyncType::COMMIT_AND_WAIT:
@@ -519,7 +519,7 @@ void Stream::waitCompleted(uint64_t batch) {
     return;
   }
   if (batch > submittedBatch()) {
-    runtime_.contractError("waiting for batch " + std::to_string(batch) + " of " +
+    context_.contractError("waiting for batch " + std::to_string(batch) + " of " +
                            streamName(id_) + ", which has not been committed: it would never "
                            "complete");
   }
@@ -538,7 +538,7 @@ void Stream::addCompletedHandler(CompletionHandler handler) {
 
 void Stream::useBuffers(const BufferUse* uses, size_t count) {
   requireOnQueue("useBuffers()");
-  const Protections protections = runtime_.protections();
+  const Protections protections = context_.protections.load();
   // Ordering relies on the queue: without it there is nothing to order against.
   if (!protections.crossStreamOrder || !protections.serialQueue) {
     return;
@@ -552,8 +552,8 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
   ownWrites.clear();
   thread_local std::vector<uint64_t> previous;
   const uint64_t recordedIn = openBatch();
-  runtime_.bufferUses().dependOnAndRecord(*this, uses, count, recordedIn, dependencies,
-                                          &ownWrites, &previous);
+  context_.bufferUses.dependOnAndRecord(*this, uses, count, recordedIn, dependencies,
+                                        &ownWrites, &previous);
   testHook(TestHook::BufferUsesBeforeWaits, this);
   racePoint(SchedulePoint::BufferDependencies);
   try {
@@ -565,7 +565,7 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
     // back the uses recorded for it, or a free of these buffers would wait for a batch nothing
     // may ever commit. A stream that already read them as a dependency gets our batch closed
     // on request, empty or not (Note [Closing a batch on request]).
-    runtime_.bufferUses().undoRecord(*this, uses, count, recordedIn, previous);
+    context_.bufferUses.undoRecord(*this, uses, count, recordedIn, previous);
     throw;
   }
   // Our own earlier writes are ordered by our queue; but one from a batch whose failure was
@@ -579,7 +579,7 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
     }
   }
   racePoint(SchedulePoint::BufferRecord);
-  runtime_.bufferUses().settle(*this, uses, count, openBatch(), dependencies);
+  context_.bufferUses.settle(*this, uses, count, openBatch(), dependencies);
 }
 
 void Stream::waitForStream(Stream& other, uint64_t batch) {
@@ -591,10 +591,10 @@ void Stream::waitForStream(Stream& other, uint64_t batch) {
   // batch on request]): impossible with our encoder leased, a deadlock with a domain held.
   requireNoLease("waitForStream()");
   if (DomainGuard::heldByThisThread() > 0) {
-    runtime_.contractError("waiting for another stream while holding a serialization domain "
+    context_.contractError("waiting for another stream while holding a serialization domain "
                            "(Note [Domain lock order])");
   }
-  if (&other.runtime_ != &runtime_) {
+  if (&other.context_ != &context_) {
     throw InvalidArgument("waitForStream(): " + streamName(other.id()) +
                           " belongs to another device");
   }
@@ -639,7 +639,7 @@ void Stream::closeUpTo(uint64_t batch) {
   while (submittedBatch() < batch) {
     racePoint(SchedulePoint::EnsureSubmitted);
     const bool served = executor().tryDispatchSync([&] {
-      InsideScope scope(*this, runtime_.counters());
+      InsideScope scope(*this, context_.counters);
       serveCloseRequests();
     });
     if (served) {
@@ -674,7 +674,7 @@ void Stream::serveCloseRequests() {
   // An op that failed before encoding leaves the batch empty: still close it. The thread
   // serving the request encodes nothing, so it is no participant of the batch.
   openCommandBuffer();
-  commitBatch(runtime_.commitAndContinue());
+  commitBatch(context_.commitPolicy.commitAndContinue());
   counters_.closeRequestsServed.add();
 }
 

@@ -104,10 +104,10 @@
 #include "backend.h"
 #include "diagnostics.h"
 #include "function_ref.h"
+#include "stream_context.h"
 
 namespace at::mps::threadsafe {
 
-class Runtime;
 class EncoderLease;
 
 // What a caller asking for a batch's failure depends on (Note [GPU errors belong to batches]).
@@ -126,16 +126,14 @@ struct BufferUse {
 
 class Stream {
  public:
-  Stream(Runtime& runtime, int id, Device& device);
+  // `context` must outlive the stream (Note [A stream knows its context, not its runtime]).
+  Stream(const StreamContext& context, int id, Device& device);
   ~Stream();
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
 
   int id() const {
     return id_;
-  }
-  Runtime& runtime() const {
-    return runtime_;
   }
 
   // ---- Entering the queue (any thread) ------------------------------------------------
@@ -275,7 +273,7 @@ class Stream {
   bool carriesLocked(uint64_t failed, uint64_t batch, FailureScope scope) const;
   void trimParticipantsLocked();
 
-  Runtime& runtime_;
+  const StreamContext& context_;
   const int id_;
   const uint64_t serial_; // unique over the process: never reused by a later stream
   std::unique_ptr<CommandQueue> queue_;

@@ -248,7 +248,7 @@ class DemoRun {
         ts::Stream& stream = runtime_->currentStream();
         ts::BufferUse uses[] = {reads(weights), writes(acc)};
         if ((op + 1) % options_.sharedEvery == 0) {
-          encodeSharedKernel(stream, uses, 2, layerNorm_, "layer_norm",
+          encodeSharedKernel(*runtime_, stream, uses, 2, layerNorm_, "layer_norm",
                              [acc, weights, n] { layerNormKernel(acc, weights, n); });
         } else {
           float c = coefficient(op, thread);

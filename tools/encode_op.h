@@ -37,11 +37,11 @@ inline void encodeKernel(ts::Stream& stream, const ts::BufferUse* uses, size_t u
   });
 }
 
-// One kernel that uses `object`, shared by every stream, under the domain of its op class.
-inline void encodeSharedKernel(ts::Stream& stream, const ts::BufferUse* uses, size_t useCount,
-                               ts::sim::SharedObject& object, std::string_view opClass,
-                               std::function<void()> kernel) {
-  ts::Runtime& runtime = stream.runtime();
+// One kernel that uses `object`, shared by every stream, under the domain of its op class
+// (the domains of `runtime`, the owner of `stream`).
+inline void encodeSharedKernel(ts::Runtime& runtime, ts::Stream& stream, const ts::BufferUse* uses,
+                               size_t useCount, ts::sim::SharedObject& object,
+                               std::string_view opClass, std::function<void()> kernel) {
   stream.dispatch([&] {
     if (useCount > 0) {
       stream.useBuffers(uses, useCount);

@@ -110,7 +110,7 @@ struct OverheadRow {
   double nsPerOp;
 };
 
-// Times `ops` calls of encodeOne(stream) on a fresh runtime, COMMIT every 1000 (timed).
+// Times `ops` calls of encodeOne(runtime, stream) on a fresh runtime, COMMIT every 1000 (timed).
 template <class EncodeOne>
 double timeEncodePath(long ops, EncodeOne encodeOne) {
   ts::sim::SimDevice* device = nullptr;
@@ -118,13 +118,13 @@ double timeEncodePath(long ops, EncodeOne encodeOne) {
   ts::Stream& stream = runtime->currentStream();
   constexpr long kCommitEvery = 1000;
   for (long i = 0; i < 2 * kCommitEvery; ++i) { // warm-up: stream, encoder, caches created
-    encodeOne(stream);
+    encodeOne(*runtime, stream);
   }
   synchronize(stream, ts::SyncType::COMMIT_AND_WAIT);
 
   auto start = Clock::now();
   for (long i = 1; i <= ops; ++i) {
-    encodeOne(stream);
+    encodeOne(*runtime, stream);
     if (i % kCommitEvery == 0) {
       synchronize(stream, ts::SyncType::COMMIT);
     }
@@ -154,14 +154,18 @@ std::vector<OverheadRow> measureOverhead(long ops) {
         {"reference: uncontended std::mutex lock + unlock", ns / static_cast<double>(ops)});
   }
   rows.push_back({"dispatch() of an empty function (serial queue entry)",
-                  timeEncodePath(ops, [](ts::Stream& s) { s.dispatch([] {}); })});
+                  timeEncodePath(ops, [](ts::Runtime&, ts::Stream& s) { s.dispatch([] {}); })});
   rows.push_back({"dispatch + leaseEncoder + encode a no-op kernel",
-                  timeEncodePath(ops, [](ts::Stream& s) { encodeKernel(s, nullptr, 0, [] {}); })});
+                  timeEncodePath(ops, [](ts::Runtime&, ts::Stream& s) {
+                    encodeKernel(s, nullptr, 0, [] {});
+                  })});
   rows.push_back({"  + useBuffers (1 read, 1 write)",
-                  timeEncodePath(ops, [&](ts::Stream& s) { encodeKernel(s, uses, 2, [] {}); })});
+                  timeEncodePath(ops, [&](ts::Runtime&, ts::Stream& s) {
+                    encodeKernel(s, uses, 2, [] {});
+                  })});
   rows.push_back({"  + layer_norm domain + shared object (dispatchWith)",
-                  timeEncodePath(ops, [&](ts::Stream& s) {
-                    encodeSharedKernel(s, uses, 2, pipeline, "layer_norm", [] {});
+                  timeEncodePath(ops, [&](ts::Runtime& rt, ts::Stream& s) {
+                    encodeSharedKernel(rt, s, uses, 2, pipeline, "layer_norm", [] {});
                   })});
   return rows;
 }

@@ -19,7 +19,7 @@ TEST_CASE("stream ids: 0 is the default stream, 1..poolSize the pool, others ref
   REQUIRE(rt.defaultStream().id() == 0);
   REQUIRE(rt.stream(32).id() == 32);
   REQUIRE(&rt.stream(32) == &rt.stream(32)); // created once
-  REQUIRE(&rt.stream(32).runtime() == &rt);
+  REQUIRE(rt.owns(rt.stream(32)));
   REQUIRE_THROWS_AS(rt.stream(-1), InvalidArgument);
   REQUIRE_THROWS_AS(rt.stream(33), InvalidArgument);
   for (int i = 0; i < 40; ++i) {
@@ -164,6 +164,12 @@ TEST_CASE("thread policy: a stream of another runtime is refused with InvalidArg
   REQUIRE_THROWS_AS(env.rt().setCurrentStream(&other.rt().defaultStream()), InvalidArgument);
   REQUIRE(env.rt().explicitStream() == nullptr);
   REQUIRE(&env.rt().currentStream() == &env.rt().defaultStream());
+  REQUIRE(env.rt().owns(env.rt().stream(1)));
+  REQUIRE_FALSE(env.rt().owns(other.rt().stream(1)));
+  // A stream refuses to wait for a stream of another device (Stream::waitForStream).
+  Stream& mine = env.rt().stream(1);
+  REQUIRE_THROWS_AS(mine.dispatch([&] { mine.waitForStream(other.rt().stream(1), 1); }),
+                    InvalidArgument);
 }
 
 TEST_CASE("thread policy: more threads than pool streams share streams safely",
