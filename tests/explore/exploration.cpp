@@ -1069,6 +1069,12 @@ std::string replayCommand(const RoundSpec& spec) {
       text += std::to_string(spec.partners[i]);
     }
   }
+  if (spec.poolSize > 0) {
+    text += " --pool " + std::to_string(spec.poolSize);
+  }
+  if (spec.threadsafe >= 0) {
+    text += " --threadsafe " + std::to_string(spec.threadsafe);
+  }
   return text;
 }
 
