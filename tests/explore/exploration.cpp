@@ -787,9 +787,14 @@ void Round::checkErrorDelivery() {
         (op == Op::EventWait && sync == SyncType::NONE);
     if (mustRaise && raised_[static_cast<size_t>(c)] == 0 &&
         streams_[partner].load() != nullptr) {
-      // Formerly a known gap (soak replay --seed 4 --ops EventWait,GpuError, about 1 run in
-      // 200): the reader of a failed batch that waited for it got no error. Counted with the
-      // lost errors... now counted on their own (readersWithoutError), still open and rare.
+      // Finding F5 (fixed; soak replay --seed 17 --ops EventWait,GpuError --pool 8
+      // --threadsafe 1, 37/300 before): the reader read the failed op's output (zeros, the
+      // skipped kernel never wrote it) after a wait that covers the failed batch (an Event
+      // recorded on the partner's stream after it produced, waitStream on that stream, or
+      // waitForStream naming the batch), and no error reached its thread. In every case seen
+      // the pool had bound the reader to the stream the failed op's thread had just given
+      // back (the lowest unbound id), so it waited on its own stream: still a dependency on
+      // the failed batch. Required to be 0.
       ++readersWithoutError_;
       std::lock_guard<std::mutex> lock(mutex_);
       if (gapMessages_.size() < 4) {

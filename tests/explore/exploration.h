@@ -79,7 +79,7 @@ struct Tally {
   uint64_t errorsDelivered = 0; // CommandBufferErrors raised in rounds with a GpuError op
   uint64_t isolatedErrorRounds = 0; // error rounds whose delivery was checked exactly
   uint64_t errorsLost = 0; // failed kernels whose error no caller ever received (F2, fixed)
-  // A reader that waited on a failed batch (exact checks) and received no error: open, rare.
+  // A reader that waited on a failed batch (exact checks) and received no error (F5, fixed).
   uint64_t readersWithoutError = 0;
   uint64_t phantomFrees = 0; // frees left pending on a batch never committed (known gap)
   uint64_t stickyErrorRounds = 0; // device synchronize raised one error 4 times in a row
