@@ -10,7 +10,8 @@
 //
 // Common options: --no-schedule (no perturbation: the baseline), --max-sleep-us N,
 // --max-spin-us N, --unprotect LIST (comma-separated protections to switch off: serialQueue,
-// domains, crossStreamOrder, deferredFrees: the rounds must then fail), --pool P and
+// domains, crossStreamOrder, deferredFrees: the rounds must then fail), --force-reuse-window
+// (Note [Forcing the reuse window] in tests/explore/exploration.h), --pool P and
 // --threadsafe 0|1 (fix what each round's seed would draw), --quiet.
 // Exit status: 0 when every round passed, 1 when any failed, 2 on bad arguments.
 
@@ -45,6 +46,10 @@ const char* kUsage =
     "  --max-spin-us N     longest spin at a race point (default 20)\n"
     "  --unprotect LIST    switch protections off: serialQueue,domains,crossStreamOrder,\n"
     "                      deferredFrees (the exploration must then find failures)\n"
+    "  --force-reuse-window  make certain that stale writes to freed blocks land while a Reuse\n"
+    "                      consumer holds the recycled block (rounds with Reuse, policy on,\n"
+    "                      pool >= 2N+1, no DeviceSync/SetThreadsafe; with --unprotect\n"
+    "                      deferredFrees every such round must fail)\n"
     "  --pool P            pool size of every round (1..64; default: drawn from the seed)\n"
     "  --threadsafe 0|1    initial thread policy of every round (default: drawn from the seed)\n"
     "  --quiet             print only the summary and failures\n";
@@ -97,6 +102,10 @@ void printTally(const char* what, const Tally& t, double seconds) {
       static_cast<unsigned long long>(t.stickyErrorRounds),
       static_cast<unsigned long long>(t.silentGarbage),
       static_cast<unsigned long long>(t.readersWithoutError));
+  if (t.reuseWindowsForced > 0) {
+    std::printf("  rounds with the reuse window forced %llu\n",
+                static_cast<unsigned long long>(t.reuseWindowsForced));
+  }
   for (const std::string& failure : t.failures) {
     std::printf("  FAILED %s\n", failure.c_str());
   }
@@ -123,6 +132,7 @@ int main(int argc, char** argv) {
   options.schedule = !args.flag("--no-schedule");
   options.maxSleepUs = static_cast<uint32_t>(args.integer("--max-sleep-us", 50, 1, 100000));
   options.maxSpinUs = static_cast<uint32_t>(args.integer("--max-spin-us", 20, 1, 100000));
+  options.forceReuseWindow = args.flag("--force-reuse-window");
   for (const std::string& name : split(args.text("--unprotect", ""))) {
     if (name == "serialQueue") {
       options.protections.serialQueue = false;
