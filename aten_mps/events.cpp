@@ -70,9 +70,8 @@ Stream* Event::stream() const {
 }
 
 void waitStream(Stream& waiter, Stream& producer) {
-  if (&waiter == &producer) {
-    return;
-  }
+  // waitStream(s, s) too: stream order needs no wait, but a failed batch of the stream is a
+  // dependency of what follows (Note [GPU errors belong to batches], F5).
   runOnQueue(waiter, [&] {
     // Work the producer has encoded but not committed counts too (as in CUDA, where every
     // launched kernel is enqueued); waitForStream gets that batch closed first.

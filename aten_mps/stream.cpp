@@ -425,7 +425,7 @@ std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch, FailureScop
     return nullptr;
   }
   waitCompleted(batch);
-  std::vector<std::pair<uint64_t, std::vector<std::pair<Stream*, uint64_t>>>> unresolved;
+  std::vector<std::pair<uint64_t, std::vector<BatchWait>>> unresolved;
   {
     std::lock_guard<std::mutex> lock(progressMutex_);
     // The exact batch (a dependent of it), then stream order: an earlier failure still
@@ -443,8 +443,8 @@ std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch, FailureScop
   // (the waited-for stream may have to wait for its own handlers).
   for (auto& [waiter, waits] : unresolved) {
     std::shared_ptr<const std::string> cause;
-    for (auto& [other, otherBatch] : waits) {
-      if (auto failure = other->failureOf(otherBatch)) {
+    for (const BatchWait& wait : waits) {
+      if (auto failure = wait.stream->failureOf(wait.batch, wait.scope)) {
         cause = std::make_shared<const std::string>(
             "batch " + std::to_string(waiter) + " of " + streamName(id_) + " depends on a failed batch: " +
             *failure);
@@ -558,7 +558,7 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
   racePoint(SchedulePoint::BufferDependencies);
   try {
     for (const StreamUse& dependency : dependencies) {
-      waitForStream(*dependency.stream, dependency.batch);
+      waitForStream(*dependency.stream, dependency.batch, FailureScope::Reader);
     }
   } catch (...) {
     // The op is abandoned before it was encoded (a failed dependency, a broken contract): take
@@ -575,16 +575,20 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
   const uint64_t acknowledged = acknowledgedUpTo_.load(std::memory_order_acquire);
   for (const StreamUse& write : ownWrites) {
     if (write.batch <= acknowledged) {
-      openBatchWaits_.emplace_back(this, write.batch);
+      openBatchWaits_.push_back({this, write.batch, FailureScope::Reader});
     }
   }
   racePoint(SchedulePoint::BufferRecord);
   context_.bufferUses.settle(*this, uses, count, openBatch(), dependencies);
 }
 
-void Stream::waitForStream(Stream& other, uint64_t batch) {
+void Stream::waitForStream(Stream& other, uint64_t batch, FailureScope scope) {
   requireOnQueue("waitForStream()");
-  if (&other == this || batch == 0) {
+  if (batch == 0) {
+    return;
+  }
+  if (&other == this) {
+    dependOnOwnBatch(batch, scope);
     return;
   }
   // Waiting for another stream may mean committing our own batch for it (Note [Closing a
@@ -599,14 +603,21 @@ void Stream::waitForStream(Stream& other, uint64_t batch) {
                           " belongs to another device");
   }
   uint64_t& waited = waitedUpTo_[static_cast<size_t>(other.id())];
-  if (waited >= batch) {
-    return; // an earlier wait of this stream already covers it: GPU waits block later work too
+  // An earlier wait of this stream already covers it on the GPU (GPU waits block later work
+  // too), and its dependency was recorded with its batch; only a broader scope adds one.
+  const bool ordered = waited >= batch;
+  if (ordered && scope == FailureScope::Reader) {
+    return;
   }
   if (other.completedBatch() >= batch) {
     // Already done: if it failed, what we were about to encode would read its garbage
     // (Note [GPU errors belong to batches]).
-    other.raiseIfFailed(batch);
-    waited = batch;
+    other.raiseIfFailed(batch, scope);
+    waited = std::max(waited, batch);
+    return;
+  }
+  if (ordered) {
+    openBatchWaits_.push_back({&other, batch, scope}); // the dependency, no second GPU wait
     return;
   }
   if (other.submittedBatch() < batch) {
@@ -614,9 +625,26 @@ void Stream::waitForStream(Stream& other, uint64_t batch) {
   }
   endKernelCoalescing(); // Metal: no encoder may be open while an event wait is encoded
   commandBuffer().encodeWaitForEvent(other.timeline(), batch);
-  openBatchWaits_.emplace_back(&other, batch);
+  openBatchWaits_.push_back({&other, batch, scope});
   waited = batch;
   counters_.crossStreamWaits.add();
+}
+
+// Note [GPU errors belong to batches]: a wait for our own batch N. Stream order already puts N
+// before what we encode next; what it does not give is N's failure once stream order no
+// longer carries it (its threads were told or gave the stream back: a pool stream's next owner).
+void Stream::dependOnOwnBatch(uint64_t batch, FailureScope scope) {
+  // The open batch's own work is ordered by encoding, and its failure is its own: only
+  // submitted batches are dependencies (and resolving a batch never recurses into itself).
+  batch = std::min(batch, submittedBatch());
+  if (batch == 0) {
+    return;
+  }
+  if (completedBatch() >= batch) {
+    raiseIfFailed(batch, scope);
+    return;
+  }
+  openBatchWaits_.push_back({this, batch, scope});
 }
 
 // Note [Closing a batch on request].

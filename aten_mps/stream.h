@@ -60,24 +60,36 @@
 //   to A, and thread B, whose kernels in N were skipped, read zeros after Event.synchronize);
 // - across streams: a batch that waited on the GPU for a failed batch (useBuffers' ordering,
 //   waitStream, Event::wait) is failed with the same cause ("poisoned"): its reader gets the
-//   error, never the zeros the failed kernel left. Waits are recorded per batch at commit and
-//   resolved lazily, by whoever asks (failureOf), since the failed batch's completion handler
-//   may run after the dependent's;
+//   error, never the zeros the failed kernel left. Waits are recorded per batch at commit, with
+//   the scope they were made with, and resolved lazily, by whoever asks (failureOf), since the
+//   failed batch's completion handler may run after the dependent's;
 // - a wait on an already failed batch (waitForStream) raises at once;
+// - a wait for a batch of the waiter's own stream (waitForStream(self, N), Event::wait of an
+//   event recorded on it, waitStream(s, s)) needs no GPU wait, stream order has it, but it is
+//   a dependency all the same: it is recorded (or raised at once) like a wait on another
+//   stream. Stream order alone does not carry a failure to a pool stream's next owner (below),
+//   so without it the next owner, reading the output of the failed batch its predecessor left
+//   behind, read zeros silently (the explorer's F5: the pool hands a thread the stream another
+//   thread has just given back);
 // - what a caller depends on decides what it gets (FailureScope):
-//   * a reader of batch b's outputs, or a GPU wait on it (Reader): the failure of b itself,
-//     and of an earlier batch N of the stream that one of b's own threads had work in and was
-//     not told of (that thread may have encoded b reading what N's lost work left). The
-//     next owner of a pool stream shares no thread with the failed batch: its readers are
-//     clean (issue 8.2: a pool stream never carries an error to its next owner);
-//   * Event::synchronize of (stream, M) (Event): an event covers everything the stream ran
-//     up to M, whoever encoded it, so it raises any failure of a batch <= M while one of that
-//     batch's threads has not been told on its own thread (a thread that left untold cannot
-//     have passed the loss on to whoever reads its results through the event). The price:
-//     while such a thread lives on untold, or after it left untold, every Event.synchronize
-//     on that stream raises it (bounded by kMaxRememberedBatches), an event the pool stream's
-//     next owner records on it included. Readers through the tracker (useBuffers) are exact;
-//     only an event-ordered read that bypasses the tracker needs this breadth;
+//   * a reader of batch b's outputs through the tracker (Reader: useBuffers' dependencies,
+//     which name the exact batch of each write): the failure of b itself, and of an earlier
+//     batch N of the stream that one of b's own threads had work in and was not told of
+//     (that thread may have encoded b reading what N's lost work left). The next owner of a
+//     pool stream shares no thread with the failed batch: its readers are clean (issue 8.2:
+//     a pool stream never carries an error to its next owner);
+//   * an Event of (stream, M), waited on the CPU (Event::synchronize) or the GPU
+//     (Event::wait), waitStream, and waitForStream(stream, M) (Event): such a wait covers
+//     everything the stream ran up to M, whoever encoded it, so it raises any failure of a
+//     batch <= M while one of that batch's threads has not been told on its own thread (a
+//     thread that left untold cannot have passed the loss on to whoever reads its results
+//     through the wait). One scope for all of them: the same Event waited on the CPU or on
+//     the GPU gives the same answer (before F5 the GPU wait carried only the failure of
+//     batch M itself). The price: while such a thread lives on untold, or after it left
+//     untold, every such wait on that stream raises it (bounded by kMaxRememberedBatches),
+//     an event the pool stream's next owner records on it included. Readers through the
+//     tracker (useBuffers) are exact; only a read ordered by an event or a stream wait,
+//     bypassing the tracker, needs this breadth;
 //   * device and stream synchronize, COMMIT_AND_WAIT (Synchronize): the unsettled failures
 //     (above), so a failure does not stay sticky for everyone once its threads were told or
 //     left.
@@ -112,8 +124,9 @@ class EncoderLease;
 
 // What a caller asking for a batch's failure depends on (Note [GPU errors belong to batches]).
 enum class FailureScope : uint8_t {
-  Reader,      // the outputs of that batch (useBuffers, waitStream, Event::wait)
-  Event,       // everything the stream ran up to that batch (Event::synchronize)
+  Reader,      // the outputs of that batch, as the tracker names them (useBuffers)
+  Event,       // everything the stream ran up to that batch (Event wait/synchronize,
+               // waitStream, waitForStream)
   Synchronize, // the caller's own synchronize of the stream or the device
 };
 
@@ -160,8 +173,11 @@ class Stream {
   // records these uses. Call before encoding the op, with no lease out.
   void useBuffers(const BufferUse* uses, size_t count);
   // Encodes a GPU wait for `other`'s batch `batch`, getting that batch committed first
-  // (Note [Closing a batch on request]).
-  void waitForStream(Stream& other, uint64_t batch);
+  // (Note [Closing a batch on request]). The open batch then depends on it as `scope` says
+  // (Note [GPU errors belong to batches]): everything `other` ran up to `batch` by default;
+  // useBuffers passes Reader for the exact batch of a tracked write. `other` may be this
+  // stream: no GPU wait then (stream order has it), but the dependency is recorded all the same.
+  void waitForStream(Stream& other, uint64_t batch, FailureScope scope = FailureScope::Event);
   // Counts an op encoded without a lease (an MPSGraph or blit encode).
   void noteEncodedOp();
   // The batch the work encoded now will belong to.
@@ -272,6 +288,8 @@ class Stream {
   // Whether failed batch `failed` reaches a caller of `scope` depending on batch `batch`.
   bool carriesLocked(uint64_t failed, uint64_t batch, FailureScope scope) const;
   void trimParticipantsLocked();
+  // waitForStream on this stream itself: the dependency without a GPU wait.
+  void dependOnOwnBatch(uint64_t batch, FailureScope scope);
 
   const StreamContext& context_;
   const int id_;
@@ -284,7 +302,13 @@ class Stream {
   std::shared_ptr<CommandBuffer> commandBuffer_;
   std::shared_ptr<ComputeEncoder> encoder_;
   std::vector<uint64_t> waitedUpTo_; // per other stream id: highest batch already waited for
-  std::vector<std::pair<Stream*, uint64_t>> openBatchWaits_; // GPU waits in the open batch
+  // A dependency of a batch on another batch, as the wait that made it scoped it.
+  struct BatchWait {
+    Stream* stream;
+    uint64_t batch;
+    FailureScope scope;
+  };
+  std::vector<BatchWait> openBatchWaits_; // dependencies of the open batch
 
   // Any-thread state.
   // Note [Batch state is one word]
@@ -304,7 +328,7 @@ class Stream {
   // Note [GPU errors belong to batches], under progressMutex_.
   static constexpr size_t kMaxRememberedBatches = 1024;
   std::map<uint64_t, std::shared_ptr<const std::string>> failures_; // failed or poisoned
-  std::map<uint64_t, std::vector<std::pair<Stream*, uint64_t>>> batchWaits_; // unresolved
+  std::map<uint64_t, std::vector<BatchWait>> batchWaits_; // unresolved
   // Highest batch any thread was told of or gave the stream back at (written under
   // progressMutex_): what decides for a batch with no recorded participant, and when a
   // stream's own earlier write needs a batch dependency (useBuffers).

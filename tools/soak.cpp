@@ -10,7 +10,9 @@
 //
 // Common options: --no-schedule (no perturbation: the baseline), --max-sleep-us N,
 // --max-spin-us N, --unprotect LIST (comma-separated protections to switch off: serialQueue,
-// domains, crossStreamOrder, deferredFrees: the rounds must then fail), --quiet.
+// domains, crossStreamOrder, deferredFrees: the rounds must then fail), --force-reuse-window
+// (Note [Forcing the reuse window] in tests/explore/exploration.h), --pool P and
+// --threadsafe 0|1 (fix what each round's seed would draw), --quiet.
 // Exit status: 0 when every round passed, 1 when any failed, 2 on bad arguments.
 
 #include <chrono>
@@ -44,6 +46,12 @@ const char* kUsage =
     "  --max-spin-us N     longest spin at a race point (default 20)\n"
     "  --unprotect LIST    switch protections off: serialQueue,domains,crossStreamOrder,\n"
     "                      deferredFrees (the exploration must then find failures)\n"
+    "  --force-reuse-window  make certain that stale writes to freed blocks land while a Reuse\n"
+    "                      consumer holds the recycled block (rounds with Reuse, policy on,\n"
+    "                      pool >= 2N+1, no DeviceSync/SetThreadsafe; with --unprotect\n"
+    "                      deferredFrees every such round must fail)\n"
+    "  --pool P            pool size of every round (1..64; default: drawn from the seed)\n"
+    "  --threadsafe 0|1    initial thread policy of every round (default: drawn from the seed)\n"
     "  --quiet             print only the summary and failures\n";
 
 // Resident set size in KiB (Linux: /proc/self/statm; elsewhere 0 = unknown).
@@ -94,6 +102,10 @@ void printTally(const char* what, const Tally& t, double seconds) {
       static_cast<unsigned long long>(t.stickyErrorRounds),
       static_cast<unsigned long long>(t.silentGarbage),
       static_cast<unsigned long long>(t.readersWithoutError));
+  if (t.reuseWindowsForced > 0) {
+    std::printf("  rounds with the reuse window forced %llu\n",
+                static_cast<unsigned long long>(t.reuseWindowsForced));
+  }
   for (const std::string& failure : t.failures) {
     std::printf("  FAILED %s\n", failure.c_str());
   }
@@ -120,6 +132,7 @@ int main(int argc, char** argv) {
   options.schedule = !args.flag("--no-schedule");
   options.maxSleepUs = static_cast<uint32_t>(args.integer("--max-sleep-us", 50, 1, 100000));
   options.maxSpinUs = static_cast<uint32_t>(args.integer("--max-spin-us", 20, 1, 100000));
+  options.forceReuseWindow = args.flag("--force-reuse-window");
   for (const std::string& name : split(args.text("--unprotect", ""))) {
     if (name == "serialQueue") {
       options.protections.serialQueue = false;
@@ -135,6 +148,9 @@ int main(int argc, char** argv) {
     }
   }
   const bool quiet = args.flag("--quiet");
+  // 0 / -1: drawn from each round's seed.
+  const int poolSize = static_cast<int>(args.integer("--pool", 0, 0, 64));
+  const int threadsafe = static_cast<int>(args.integer("--threadsafe", -1, -1, 1));
   const uint64_t seedBase = static_cast<uint64_t>(args.integer("--seed-base", 1, 0, 1L << 62));
   std::printf("soak %s on %s\n", mode.c_str(), mpsts::tools::machineDescription().c_str());
   const auto start = std::chrono::steady_clock::now();
@@ -164,6 +180,8 @@ int main(int argc, char** argv) {
         RoundSpec spec;
         spec.ops = {a, b};
         spec.seed = seedBase + static_cast<uint64_t>(s);
+        spec.poolSize = poolSize;
+        spec.threadsafe = threadsafe;
         pairTally.add(runRound(spec, options));
       }
       if (!quiet || pairTally.failedRounds > 0) {
@@ -200,7 +218,10 @@ int main(int argc, char** argv) {
         std::printf("  middle: round %ld, RSS %ld KiB\n", r, rssMiddle);
         std::fflush(stdout);
       }
-      Tally tally = runRound(randomRound(threads, seed), options);
+      RoundSpec spec = randomRound(threads, seed);
+      spec.poolSize = poolSize;
+      spec.threadsafe = threadsafe;
+      Tally tally = runRound(spec, options);
       if (tally.failedRounds > 0) {
         for (const std::string& failure : tally.failures) {
           std::printf("  FAILED %s\n", failure.c_str());
@@ -236,6 +257,8 @@ int main(int argc, char** argv) {
     for (const std::string& index : split(args.text("--partners", ""))) {
       spec.partners.push_back(std::atoi(index.c_str()));
     }
+    spec.poolSize = poolSize;
+    spec.threadsafe = threadsafe;
     const long repeat = args.integer("--repeat", 1, 1, 1000000);
     args.finish();
     if (spec.ops.empty() || (!spec.partners.empty() && spec.partners.size() != spec.ops.size())) {

@@ -2,6 +2,7 @@
 // on it, on any stream, and nothing else (issue 8.2).
 
 #include <future>
+#include <utility>
 
 #include "test_support.h"
 
@@ -321,6 +322,129 @@ TEST_CASE("gpu errors: useBuffers that raises leaves no use behind for a free to
   frees.add(&scratch, env.rt().bufferUses().release(&scratch));
   // Both free now: every use left was made in a batch that completed.
   REQUIRE(frees.takeReusable(nullptr).size() == 2);
+}
+
+} // namespace mpsts_test
+
+namespace mpsts_test {
+
+// F5 (the explorer's "reader that waited on a failed batch gets no error", docs/reliability.md
+// "Findings"): thread A's batch fails and A exits untold, giving its pool stream back; the next
+// thread bound to that stream (pool 1 makes the binding certain; in the explorer's pool of 8
+// the least-used stream was the one A had just given back) reads A's output after an explicit
+// dependency on A's batch that is not the tracker's: an Event covering it (waited on the GPU,
+// from its own stream or another), wait_stream on the stream, or waitForStream naming A's
+// batch. Each must raise A's error; before the fix each read zeros silently (a same-stream
+// wait returned at once, and an Event's or wait_stream's GPU wait carried only the failure of
+// the exact batch it named, unlike Event.synchronize on the same Event). Its own work that
+// depends on nothing of A's stays clean (a pool stream never carries an error to its next
+// owner). Made certain by running the threads one after another; with `completedFirst` false,
+// A's failing kernel is held on the GPU until the reader's wait is encoded, so the failure is
+// resolved through the recorded batch dependency, not at the wait.
+TEST_CASE("gpu errors: the next owner of a pool stream that waits for the failed batch by "
+          "event, wait_stream or batch number gets the error",
+          "[errors][issue8][schedule]") {
+  enum class Wait { EventOnOwnStream, WaitStreamOnItself, BatchNumber, EventFromOtherStream };
+  const char* const names[] = {"Event.wait on its own stream", "wait_stream on itself",
+                               "waitForStream(failed batch)", "Event.wait from another stream"};
+  for (const Wait how : {Wait::EventOnOwnStream, Wait::WaitStreamOnItself, Wait::BatchNumber,
+                         Wait::EventFromOtherStream}) {
+    for (const bool completedFirst : {true, false}) {
+      CAPTURE(names[static_cast<int>(how)], completedFirst);
+      RuntimeOptions options;
+      options.threadsafe = true;
+      options.poolSize = 1; // the next thread is bound to the failed thread's stream
+      SimRuntime env(options);
+      Gate gpu;
+      Stream* failedOn = nullptr;
+      uint64_t failedBatch = 0;
+      uint64_t output = 7; // what A's skipped kernel would have set to 42
+      onThread([&] {
+        Stream& mine = env.rt().currentStream();
+        failedOn = &mine;
+        mine.dispatch([&] {
+          failedBatch = mine.openBatch();
+          encodeKernel(mine, [hold = gpu.waiter(), completedFirst] {
+            if (!completedFirst) {
+              hold();
+            }
+            throw std::runtime_error("index 100 out of range");
+          });
+          encodeKernel(mine, [&output] { output = 42; });
+          mine.synchronize(SyncType::COMMIT);
+        });
+        // Exits untold: the stream is given back.
+      });
+      if (completedFirst) {
+        failedOn->waitCompleted(failedBatch);
+        REQUIRE(failedOn->failureOf(failedBatch) != nullptr);
+      }
+      std::string ownWork = "not run";
+      std::string reader = "no error";
+      uint64_t seen = 0;
+      std::promise<void> readEncoded; // set once: the read is encoded, or the wait raised
+      bool signalled = false;
+      auto signal = [&] {
+        if (!std::exchange(signalled, true)) {
+          readEncoded.set_value();
+        }
+      };
+      std::promise<void> gpuReleased;
+      Stream& other = env.rt().stream(0); // the default stream, used explicitly
+      ThreadGroup next;
+      next.spawn([&] {
+        Stream& mine = env.rt().currentStream();
+        if (&mine != failedOn) {
+          reader = "bound to another stream";
+          signal();
+          return;
+        }
+        try { // its own work, depending on nothing of A's: clean
+          runKernel(mine, [] {}, completedFirst ? SyncType::COMMIT_AND_WAIT : SyncType::COMMIT);
+          ownWork = "clean";
+        } catch (const std::exception& e) {
+          ownWork = e.what();
+        }
+        Stream& readOn = how == Wait::EventFromOtherStream ? other : mine;
+        try {
+          Event event;
+          switch (how) {
+            case Wait::EventOnOwnStream:
+              event.record(mine); // after A's batch and its own: covers both
+              event.wait(mine);
+              break;
+            case Wait::WaitStreamOnItself:
+              waitStream(mine, mine);
+              break;
+            case Wait::BatchNumber:
+              mine.dispatch([&] { mine.waitForStream(mine, failedBatch); });
+              break;
+            case Wait::EventFromOtherStream:
+              event.record(mine);
+              event.wait(other);
+              break;
+          }
+          // The untracked read of A's output, ordered after A's batch by the wait alone.
+          readOn.dispatch([&] { encodeKernel(readOn, [&output, &seen] { seen = output; }); });
+          signal();
+          gpuReleased.get_future().wait();
+          readOn.dispatch([&] { readOn.synchronize(SyncType::COMMIT_AND_WAIT); });
+        } catch (const CommandBufferError& e) {
+          reader = e.what();
+          signal();
+        }
+      });
+      readEncoded.get_future().wait();
+      const bool failedBeforeRead = failedOn->completedBatch() >= failedBatch;
+      gpu.open();
+      gpuReleased.set_value();
+      next.joinAndRethrow();
+      CHECK(failedBeforeRead == completedFirst);
+      CHECK(ownWork == "clean");
+      CHECK(output == 7); // skipped with the failed batch, as Metal does
+      CHECK_THAT(reader, Contains("index 100 out of range") && Contains("batch 1"));
+    }
+  }
 }
 
 } // namespace mpsts_test

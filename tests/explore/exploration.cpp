@@ -297,6 +297,24 @@ class Round {
     }
   }
   void checkErrorDelivery();
+  // Note [Forcing the reuse window] (exploration.h). The stale writes wait for a Reuse
+  // consumer's copy into its block (or, if no consumer encoded one, for the main thread once
+  // the workers are joined: a consumer's batch left open runs only after its thread exits);
+  // the consumer's copy out waits for the stale writes. Nothing else waits for the stale
+  // writes' batch: the input is committed in a batch of its own, no thread synchronizes the
+  // device while workers run, and no consumer is on the main stream (pool >= 2N+1, policy on),
+  // so the latches cannot deadlock. With deferred frees on, the consumer's block is never
+  // one the stale writes target (it is still pending), and the round stays right.
+  bool forceReuseWindow_ = false;
+  std::atomic<bool> reuseBlockWritten_{false};
+  std::atomic<int> staleWritesDone_{0};
+  std::atomic<int> reuseLatchesEncoded_{0};
+  static constexpr int kStaleBlocks = 2;
+  static void awaitFlag(const std::atomic<bool>& flag) {
+    while (!flag.load(std::memory_order_acquire)) {
+      std::this_thread::yield();
+    }
+  }
   bool mainRaised_ = false;
   bool stickyErrors_ = false;
   void reconcile(Runtime& rt, sim::SimDevice& device);
@@ -349,7 +367,9 @@ void Round::setup(Runtime& rt) {
   // The input, written on the main thread's stream; left open half the time, so readers get
   // the batch closed on request (Note [Closing a batch on request]).
   Stream& main = rt.currentStream();
-  const bool commitInput = bits(1) != 0;
+  // Forced window: the input in a batch of its own, which readers may wait for while the
+  // stale writes' batch is held.
+  const bool commitInput = bits(1) != 0 || forceReuseWindow_;
   main.dispatch([&] {
     BufferUse use{&input_, BufferUse::Access::Write};
     main.useBuffers(&use, 1);
@@ -367,20 +387,24 @@ void Round::setup(Runtime& rt) {
   });
   // Blocks the main stream still writes when they are freed: handing one to another stream
   // before that write ran would let the write land in the new owner's data.
-  const bool commitGarbage = bits(1) != 0;
+  const bool commitGarbage = bits(1) != 0 || forceReuseWindow_; // held, never left open
   Block* blocks[2] = {allocator_->get(main), allocator_->get(main)};
   main.dispatch([&] {
     for (Block* block : blocks) {
       BufferUse use{block, BufferUse::Access::Write};
       main.useBuffers(&use, 1);
       uint64_t* words = block->words;
-      encode(main, [words] {
+      encode(main, [this, words] {
+        if (forceReuseWindow_) {
+          awaitFlag(reuseBlockWritten_);
+        }
         for (int w = 0; w < kWords; ++w) {
           words[w] = 0xdead0000 + static_cast<uint64_t>(w);
           if (w == kWords / 2) {
             racePoint(SchedulePoint::GpuKernel);
           }
         }
+        staleWritesDone_.fetch_add(1, std::memory_order_release);
       });
     }
     main.synchronize(commitGarbage ? SyncType::COMMIT : SyncType::NONE);
@@ -537,6 +561,15 @@ void Round::consume(Runtime& rt, int slot, Op op) {
                              {block, BufferUse::Access::Write}};
         mine.useBuffers(uses, 2);
         encodeCopy(mine, src, tmp);
+        if (forceReuseWindow_) { // the stale writes land now, between our copy in and out
+          reuseLatchesEncoded_.fetch_add(1, std::memory_order_relaxed);
+          encode(mine, [this] {
+            reuseBlockWritten_.store(true, std::memory_order_release);
+            while (staleWritesDone_.load(std::memory_order_acquire) < kStaleBlocks) {
+              std::this_thread::yield();
+            }
+          });
+        }
         BufferUse uses2[2] = {{block, BufferUse::Access::Read},
                               {&aux_[static_cast<size_t>(slot)], BufferUse::Access::Write}};
         mine.useBuffers(uses2, 2);
@@ -787,9 +820,14 @@ void Round::checkErrorDelivery() {
         (op == Op::EventWait && sync == SyncType::NONE);
     if (mustRaise && raised_[static_cast<size_t>(c)] == 0 &&
         streams_[partner].load() != nullptr) {
-      // Formerly a known gap (soak replay --seed 4 --ops EventWait,GpuError, about 1 run in
-      // 200): the reader of a failed batch that waited for it got no error. Counted with the
-      // lost errors... now counted on their own (readersWithoutError), still open and rare.
+      // Finding F5 (fixed; soak replay --seed 17 --ops EventWait,GpuError --pool 8
+      // --threadsafe 1, 37/300 before): the reader read the failed op's output (zeros, the
+      // skipped kernel never wrote it) after a wait that covers the failed batch (an Event
+      // recorded on the partner's stream after it produced, waitStream on that stream, or
+      // waitForStream naming the batch), and no error reached its thread. In every case seen
+      // the pool had bound the reader to the stream the failed op's thread had just given
+      // back (the lowest unbound id), so it waited on its own stream: still a dependency on
+      // the failed batch. Required to be 0.
       ++readersWithoutError_;
       std::lock_guard<std::mutex> lock(mutex_);
       if (gapMessages_.size() < 4) {
@@ -836,6 +874,12 @@ Tally Round::run() {
       std::none_of(spec_.ops.begin(), spec_.ops.end(),
                    [](Op op) { return op == Op::SetThreadsafe; });
   valuesValid_ = !errorRound_ || isolated_;
+  forceReuseWindow_ = options_.forceReuseWindow && runtimeOptions.threadsafe &&
+      runtimeOptions.poolSize >= 2 * n_ + 1 &&
+      std::any_of(spec_.ops.begin(), spec_.ops.end(), [](Op op) { return op == Op::Reuse; }) &&
+      std::none_of(spec_.ops.begin(), spec_.ops.end(), [](Op op) {
+        return op == Op::DeviceSync || op == Op::SetThreadsafe;
+      });
   runtimeOptions.protections = options_.protections;
   auto runtime = std::make_unique<Runtime>(std::move(device), runtimeOptions);
   Runtime& rt = *runtime;
@@ -866,6 +910,9 @@ Tally Round::run() {
     for (std::thread& thread : threads) {
       thread.join();
     }
+    if (reuseLatchesEncoded_.load() == 0) {
+      reuseBlockWritten_.store(true, std::memory_order_release); // no consumer will write one
+    }
     tally.racePointHits = schedule::stats().hits;
     schedule::disable();
     finalCheck(rt, trackedCheck);
@@ -884,6 +931,7 @@ Tally Round::run() {
     schedule::disable();
     fail(unexpected_, std::string("main thread: ") + e.what());
   }
+  reuseBlockWritten_.store(true, std::memory_order_release); // also when the round threw early
   if (errorRound_) {
     synchronizeAll(rt); // drain what is left
     checkErrorDelivery();
@@ -905,6 +953,7 @@ Tally Round::run() {
   }
   reconcile(rt, sim);
   tally.parallelRounds = rt.stats().maxActiveStreams > 1 ? 1 : 0;
+  tally.reuseWindowsForced = forceReuseWindow_ ? 1 : 0;
   allocator_.reset();
   runtime.reset();
   RoundWatchdog::instance().disarm();
@@ -985,6 +1034,7 @@ void Tally::add(const Tally& other) {
   refusedSwitches += other.refusedSwitches;
   racePointHits += other.racePointHits;
   parallelRounds += other.parallelRounds;
+  reuseWindowsForced += other.reuseWindowsForced;
   for (const std::string& failure : other.failures) {
     if (failures.size() < 20) {
       failures.push_back(failure);
@@ -1068,6 +1118,12 @@ std::string replayCommand(const RoundSpec& spec) {
       }
       text += std::to_string(spec.partners[i]);
     }
+  }
+  if (spec.poolSize > 0) {
+    text += " --pool " + std::to_string(spec.poolSize);
+  }
+  if (spec.threadsafe >= 0) {
+    text += " --threadsafe " + std::to_string(spec.threadsafe);
   }
   return text;
 }

@@ -64,6 +64,11 @@ struct ExploreOptions {
   // The runtime's protections for every round (turning one off must make rounds fail).
   at::mps::threadsafe::Protections protections = at::mps::threadsafe::Protections::all();
   double hangSeconds = 20; // a round taking longer is reported as a hang and the process exits
+  // Note [Forcing the reuse window]: in rounds where it applies (a Reuse op, thread policy
+  // on, pool >= 2N+1, no DeviceSync or SetThreadsafe op), latches in the kernels make certain
+  // that the main stream's stale writes to the blocks it freed land while a Reuse consumer
+  // holds the recycled block: after its first copy into the block, before its copy out.
+  bool forceReuseWindow = false;
 };
 
 // What a round (or many) found. Rounds and op-rounds count what was run and checked.
@@ -79,7 +84,7 @@ struct Tally {
   uint64_t errorsDelivered = 0; // CommandBufferErrors raised in rounds with a GpuError op
   uint64_t isolatedErrorRounds = 0; // error rounds whose delivery was checked exactly
   uint64_t errorsLost = 0; // failed kernels whose error no caller ever received (F2, fixed)
-  // A reader that waited on a failed batch (exact checks) and received no error: open, rare.
+  // A reader that waited on a failed batch (exact checks) and received no error (F5, fixed).
   uint64_t readersWithoutError = 0;
   uint64_t phantomFrees = 0; // frees left pending on a batch never committed (known gap)
   uint64_t stickyErrorRounds = 0; // device synchronize raised one error 4 times in a row
@@ -87,6 +92,7 @@ struct Tally {
   uint64_t refusedSwitches = 0; // setThreadsafe refused (WorkInFlightError): allowed
   uint64_t racePointHits = 0;
   uint64_t parallelRounds = 0; // rounds where two streams were inside their queues at once
+  uint64_t reuseWindowsForced = 0; // rounds whose reuse window was forced (forceReuseWindow)
   std::vector<std::string> failures; // first failures, each naming its replay command
   std::vector<std::string> gaps; // first occurrences of findings F1–F3 (required to be 0 by the [schedule] tests)
   void add(const Tally& other);
