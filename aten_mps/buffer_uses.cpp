@@ -25,6 +25,12 @@ bool covers(const std::vector<StreamUse>& ordered, const StreamUse& use) {
     return o.stream == use.stream && o.batch >= use.batch;
   });
 }
+
+// Whether `use` inherits the failure of the writes it waits for (Note [Overwriting a failed
+// write]): every read, and a write that leaves part of the buffer as it was.
+bool inheritsWriters(const BufferUse& use) {
+  return use.access == BufferUse::Access::Read || !use.coversBuffer;
+}
 } // namespace
 
 BufferUseTracker::Shard& BufferUseTracker::shardOf(const void* buffer) const {
@@ -34,13 +40,18 @@ BufferUseTracker::Shard& BufferUseTracker::shardOf(const void* buffer) const {
 }
 
 void BufferUseTracker::dependenciesOf(const History& history, const Stream& self,
-                                      BufferUse::Access access, std::vector<StreamUse>& out) {
+                                      const BufferUse& use, std::vector<StreamUse>& out,
+                                      std::vector<StreamUse>* inherited) {
   for (const StreamUse& write : history.writes) {
     if (write.stream != &self) {
       addLatestPerStream(out, write);
+      if (inherited != nullptr && inheritsWriters(use)) {
+        addLatestPerStream(*inherited, write);
+      }
     }
   }
-  if (access == BufferUse::Access::Write) {
+  if (use.access == BufferUse::Access::Write) {
+    // Ordering only (WAR): a failed reader left nothing in the buffer.
     for (const StreamUse& read : history.reads) {
       if (read.stream != &self) {
         addLatestPerStream(out, read);
@@ -56,7 +67,7 @@ void BufferUseTracker::dependencies(const Stream& self, const BufferUse* uses, s
     std::lock_guard<std::mutex> lock(shard.mutex);
     auto it = shard.buffers.find(uses[i].buffer);
     if (it != shard.buffers.end()) {
-      dependenciesOf(it->second, self, uses[i].access, out);
+      dependenciesOf(it->second, self, uses[i], out, nullptr);
     }
   }
 }
@@ -64,7 +75,8 @@ void BufferUseTracker::dependencies(const Stream& self, const BufferUse* uses, s
 void BufferUseTracker::dependOnAndRecord(Stream& self, const BufferUse* uses, size_t count,
                                          uint64_t batch, std::vector<StreamUse>& out,
                                          std::vector<StreamUse>* ownWrites,
-                                         std::vector<uint64_t>* previous) {
+                                         std::vector<uint64_t>* previous,
+                                         std::vector<StreamUse>* inherited) {
   if (previous != nullptr) {
     previous->assign(count, 0);
   }
@@ -72,8 +84,8 @@ void BufferUseTracker::dependOnAndRecord(Stream& self, const BufferUse* uses, si
     Shard& shard = shardOf(uses[i].buffer);
     std::lock_guard<std::mutex> lock(shard.mutex);
     History& history = shard.buffers[uses[i].buffer];
-    dependenciesOf(history, self, uses[i].access, out);
-    if (ownWrites != nullptr) {
+    dependenciesOf(history, self, uses[i], out, inherited);
+    if (ownWrites != nullptr && inheritsWriters(uses[i])) {
       for (const StreamUse& write : history.writes) {
         if (write.stream == &self && write.batch < batch) {
           addLatestPerStream(*ownWrites, write);

@@ -375,9 +375,15 @@ void Stream::onBatchCompleted(uint64_t batch, CommandBufferStatus status, const 
     std::lock_guard<std::mutex> lock(progressMutex_);
     if (status == CommandBufferStatus::Error) {
       counters_.gpuErrors.add();
-      failures_[batch] = std::make_shared<const std::string>(
-          "command buffer (batch " + std::to_string(batch) + " of " + streamName(id_) +
-          ") failed on the GPU: " + error);
+      const std::string origin = "batch " + std::to_string(batch) + " of " + streamName(id_);
+      // Metal skips the rest of a failed command buffer: say so, since on a shared stream the
+      // reader may be a thread whose own kernels were skipped (Note [GPU errors belong to
+      // batches]).
+      failures_[batch] = std::make_shared<const BatchFailure>(BatchFailure{
+          "command buffer (" + origin + ") failed on the GPU: " + error +
+              " [the GPU skipped the rest of this batch: every later kernel encoded in it, by "
+              "any thread using " + streamName(id_) + ", did not run]",
+          "failed " + origin + ": " + error});
       if (failures_.size() > kMaxRememberedBatches) {
         failures_.erase(failures_.begin());
       }
@@ -420,7 +426,20 @@ bool Stream::carriesLocked(uint64_t failed, uint64_t batch, FailureScope scope) 
   return true;
 }
 
+std::shared_ptr<const std::string> Stream::messageOf(std::shared_ptr<const BatchFailure> failure) {
+  if (!failure) {
+    return nullptr;
+  }
+  const std::string* message = &failure->message;
+  return std::shared_ptr<const std::string>(std::move(failure), message);
+}
+
 std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch, FailureScope scope) {
+  return messageOf(batchFailureOf(batch, scope));
+}
+
+std::shared_ptr<const Stream::BatchFailure> Stream::batchFailureOf(uint64_t batch,
+                                                                   FailureScope scope) {
   if (batch == 0) {
     return nullptr;
   }
@@ -442,12 +461,14 @@ std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch, FailureScop
   // Cross-stream: resolve the GPU waits of those batches, oldest first, with no lock held
   // (the waited-for stream may have to wait for its own handlers).
   for (auto& [waiter, waits] : unresolved) {
-    std::shared_ptr<const std::string> cause;
+    std::shared_ptr<const BatchFailure> cause;
     for (auto& [other, otherBatch] : waits) {
-      if (auto failure = other->failureOf(otherBatch)) {
-        cause = std::make_shared<const std::string>(
-            "batch " + std::to_string(waiter) + " of " + streamName(id_) + " depends on a failed batch: " +
-            *failure);
+      if (auto failure = other->batchFailureOf(otherBatch, FailureScope::Reader)) {
+        // The root only: a chain of dependents never nests their messages.
+        cause = std::make_shared<const BatchFailure>(BatchFailure{
+            "batch " + std::to_string(waiter) + " of " + streamName(id_) + " depends on " +
+                failure->root,
+            failure->root});
         break;
       }
     }
@@ -508,7 +529,7 @@ std::vector<std::shared_ptr<const std::string>> Stream::takeOrphanedFailures(uin
     });
     if (leftUntold) {
       orphansDelivered_.insert(it->first);
-      orphaned.push_back(it->second);
+      orphaned.push_back(messageOf(it->second));
     }
   }
   return orphaned;
@@ -550,15 +571,26 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
   dependencies.clear();
   thread_local std::vector<StreamUse> ownWrites;
   ownWrites.clear();
+  thread_local std::vector<StreamUse> inherited;
+  inherited.clear();
   thread_local std::vector<uint64_t> previous;
   const uint64_t recordedIn = openBatch();
   runtime_.bufferUses().dependOnAndRecord(*this, uses, count, recordedIn, dependencies,
-                                          &ownWrites, &previous);
+                                          &ownWrites, &previous, &inherited);
   testHook(TestHook::BufferUsesBeforeWaits, this);
   racePoint(SchedulePoint::BufferDependencies);
+  const uint64_t waitsIn = openBatch();
+  const size_t waitsBefore = openBatchWaits_.size();
   try {
     for (const StreamUse& dependency : dependencies) {
-      waitForStream(*dependency.stream, dependency.batch);
+      // Only some of the waits carry a failure (Note [Overwriting a failed write]).
+      uint64_t failureFrom = 0;
+      for (const StreamUse& carrier : inherited) {
+        if (carrier.stream == dependency.stream) {
+          failureFrom = carrier.batch;
+        }
+      }
+      waitForStream(*dependency.stream, dependency.batch, failureFrom);
     }
   } catch (...) {
     // The op is abandoned before it was encoded (a failed dependency, a broken contract): take
@@ -566,6 +598,13 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
     // may ever commit. A stream that already read them as a dependency gets our batch closed
     // on request, empty or not (Note [Closing a batch on request]).
     runtime_.bufferUses().undoRecord(*this, uses, count, recordedIn, previous);
+    // Nor a failure dependency: the failures it inherited belong to no work in our batch. (Its
+    // GPU waits stay encoded: they only order.) A batch the waits committed keeps its own.
+    if (openBatch() == waitsIn) {
+      openBatchWaits_.resize(std::min(openBatchWaits_.size(), waitsBefore));
+    } else {
+      openBatchWaits_.clear();
+    }
     throw;
   }
   // Our own earlier writes are ordered by our queue; but one from a batch whose failure was
@@ -583,10 +622,15 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
 }
 
 void Stream::waitForStream(Stream& other, uint64_t batch) {
+  waitForStream(other, batch, batch);
+}
+
+void Stream::waitForStream(Stream& other, uint64_t batch, uint64_t failureFrom) {
   requireOnQueue("waitForStream()");
   if (&other == this || batch == 0) {
     return;
   }
+  failureFrom = std::min(failureFrom, batch);
   // Waiting for another stream may mean committing our own batch for it (Note [Closing a
   // batch on request]): impossible with our encoder leased, a deadlock with a domain held.
   requireNoLease("waitForStream()");
@@ -598,25 +642,30 @@ void Stream::waitForStream(Stream& other, uint64_t batch) {
     throw InvalidArgument("waitForStream(): " + streamName(other.id()) +
                           " belongs to another device");
   }
+  // The failure first: a batch already done raises at once if it failed (what we were about to
+  // encode would read its garbage); one still running becomes a dependency of our open batch
+  // once the wait is in place (Note [GPU errors belong to batches]). Even when an earlier wait
+  // already orders us after it: that wait's batch may have been raised and settled already,
+  // and this op reads the lost data again.
+  const bool failureStillRunning = failureFrom > 0 && other.completedBatch() < failureFrom;
+  if (failureFrom > 0 && !failureStillRunning) {
+    other.raiseIfFailed(failureFrom);
+  }
   uint64_t& waited = waitedUpTo_[static_cast<size_t>(other.id())];
-  if (waited >= batch) {
-    return; // an earlier wait of this stream already covers it: GPU waits block later work too
+  if (waited < batch && other.completedBatch() < batch) {
+    if (other.submittedBatch() < batch) {
+      ensureSubmitted(other, batch);
+    }
+    endKernelCoalescing(); // Metal: no encoder may be open while an event wait is encoded
+    commandBuffer().encodeWaitForEvent(other.timeline(), batch);
+    counters_.crossStreamWaits.add();
   }
-  if (other.completedBatch() >= batch) {
-    // Already done: if it failed, what we were about to encode would read its garbage
-    // (Note [GPU errors belong to batches]).
-    other.raiseIfFailed(batch);
-    waited = batch;
-    return;
+  // Else ordered already: an earlier wait of this stream (GPU waits block later work too), or
+  // the batch is done.
+  waited = std::max(waited, batch);
+  if (failureStillRunning) {
+    openBatchWaits_.emplace_back(&other, failureFrom); // submitted: failureFrom <= batch
   }
-  if (other.submittedBatch() < batch) {
-    ensureSubmitted(other, batch);
-  }
-  endKernelCoalescing(); // Metal: no encoder may be open while an event wait is encoded
-  commandBuffer().encodeWaitForEvent(other.timeline(), batch);
-  openBatchWaits_.emplace_back(&other, batch);
-  waited = batch;
-  counters_.crossStreamWaits.add();
 }
 
 // Note [Closing a batch on request].
