@@ -26,6 +26,15 @@ bool covers(const std::vector<StreamUse>& ordered, const StreamUse& use) {
   });
 }
 
+// Adds a use to a list unless it holds that very use.
+void addOnce(std::vector<StreamUse>& uses, StreamUse use) {
+  if (std::none_of(uses.begin(), uses.end(), [&](const StreamUse& u) {
+        return u.stream == use.stream && u.batch == use.batch;
+      })) {
+    uses.push_back(use);
+  }
+}
+
 // Whether `use` inherits the failure of the writes it waits for (Note [Overwriting a failed
 // write]): every read, and a write that leaves part of the buffer as it was.
 bool inheritsWriters(const BufferUse& use) {
@@ -46,7 +55,7 @@ void BufferUseTracker::dependenciesOf(const History& history, const Stream& self
     if (write.stream != &self) {
       addLatestPerStream(out, write);
       if (inherited != nullptr && inheritsWriters(use)) {
-        addLatestPerStream(*inherited, write);
+        addOnce(*inherited, write); // each batch read from: not merged (header)
       }
     }
   }
@@ -88,7 +97,7 @@ void BufferUseTracker::dependOnAndRecord(Stream& self, const BufferUse* uses, si
     if (ownWrites != nullptr && inheritsWriters(uses[i])) {
       for (const StreamUse& write : history.writes) {
         if (write.stream == &self && write.batch < batch) {
-          addLatestPerStream(*ownWrites, write);
+          addOnce(*ownWrites, write); // each batch read from: not merged (header)
         }
       }
     }

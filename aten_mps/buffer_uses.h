@@ -62,12 +62,14 @@ class BufferUseTracker {
   // records `uses` on `self` in batch `batch`, atomically per buffer.
   // `ownWrites` (optional): this stream's own earlier writes of the buffers used (a write that
   // covers its buffer excepted), which its queue orders but whose failure it must still see
-  // (Note [GPU errors belong to batches]).
+  // (Note [GPU errors belong to batches]): every batch, not the latest per stream, since a
+  // clean later batch says nothing of a failed earlier one (an op reading a tensor lost in
+  // batch 5 and one written in batch 7 must inherit batch 5's failure).
   // `previous` (optional): per use, the batch of `self`'s entry it replaced (0: none), what
   // undoRecord needs.
-  // `inherited` (optional): the subset of `out` whose failure the uses inherit, at most one
-  // per stream, its latest batch: the writes a read or a partial write waits for, not the
-  // ordering-only waits of Note [Overwriting a failed write].
+  // `inherited` (optional): the writes on other streams whose failure the uses inherit: those
+  // a read or a partial write waits for, not the ordering-only waits of Note [Overwriting a
+  // failed write]; every batch, like `ownWrites`.
   void dependOnAndRecord(Stream& self, const BufferUse* uses, size_t count, uint64_t batch,
                          std::vector<StreamUse>& out, std::vector<StreamUse>* ownWrites = nullptr,
                          std::vector<uint64_t>* previous = nullptr,

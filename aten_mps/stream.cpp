@@ -583,14 +583,13 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
   const size_t waitsBefore = openBatchWaits_.size();
   try {
     for (const StreamUse& dependency : dependencies) {
-      // Only some of the waits carry a failure (Note [Overwriting a failed write]).
-      uint64_t failureFrom = 0;
-      for (const StreamUse& carrier : inherited) {
-        if (carrier.stream == dependency.stream) {
-          failureFrom = carrier.batch;
-        }
-      }
-      waitForStream(*dependency.stream, dependency.batch, failureFrom);
+      orderAfter(*dependency.stream, dependency.batch);
+    }
+    // Only some of the waits carry a failure (Note [Overwriting a failed write]), each the
+    // failure of the exact batch it read from, not of the latest batch waited for: that one
+    // may be clean while an earlier one this op reads from failed.
+    for (const StreamUse& carrier : inherited) {
+      inheritFailureOf(*carrier.stream, carrier.batch);
     }
   } catch (...) {
     // The op is abandoned before it was encoded (a failed dependency, a broken contract): take
@@ -622,15 +621,30 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
 }
 
 void Stream::waitForStream(Stream& other, uint64_t batch) {
-  waitForStream(other, batch, batch);
+  orderAfter(other, batch);
+  inheritFailureOf(other, batch);
 }
 
-void Stream::waitForStream(Stream& other, uint64_t batch, uint64_t failureFrom) {
+void Stream::inheritFailureOf(Stream& other, uint64_t batch) {
+  if (&other == this || batch == 0) {
+    return;
+  }
+  // Even when an earlier wait already orders us after it: that wait's batch may have been
+  // raised and settled already, and this op reads the lost data again.
+  if (other.completedBatch() >= batch) {
+    // What we were about to encode would read its garbage (Note [GPU errors belong to
+    // batches]).
+    other.raiseIfFailed(batch);
+  } else {
+    openBatchWaits_.emplace_back(&other, batch); // submitted: orderAfter saw to it
+  }
+}
+
+void Stream::orderAfter(Stream& other, uint64_t batch) {
   requireOnQueue("waitForStream()");
   if (&other == this || batch == 0) {
     return;
   }
-  failureFrom = std::min(failureFrom, batch);
   // Waiting for another stream may mean committing our own batch for it (Note [Closing a
   // batch on request]): impossible with our encoder leased, a deadlock with a domain held.
   requireNoLease("waitForStream()");
@@ -641,15 +655,6 @@ void Stream::waitForStream(Stream& other, uint64_t batch, uint64_t failureFrom) 
   if (&other.runtime_ != &runtime_) {
     throw InvalidArgument("waitForStream(): " + streamName(other.id()) +
                           " belongs to another device");
-  }
-  // The failure first: a batch already done raises at once if it failed (what we were about to
-  // encode would read its garbage); one still running becomes a dependency of our open batch
-  // once the wait is in place (Note [GPU errors belong to batches]). Even when an earlier wait
-  // already orders us after it: that wait's batch may have been raised and settled already,
-  // and this op reads the lost data again.
-  const bool failureStillRunning = failureFrom > 0 && other.completedBatch() < failureFrom;
-  if (failureFrom > 0 && !failureStillRunning) {
-    other.raiseIfFailed(failureFrom);
   }
   uint64_t& waited = waitedUpTo_[static_cast<size_t>(other.id())];
   if (waited < batch && other.completedBatch() < batch) {
@@ -663,9 +668,6 @@ void Stream::waitForStream(Stream& other, uint64_t batch, uint64_t failureFrom) 
   // Else ordered already: an earlier wait of this stream (GPU waits block later work too), or
   // the batch is done.
   waited = std::max(waited, batch);
-  if (failureStillRunning) {
-    openBatchWaits_.emplace_back(&other, failureFrom); // submitted: failureFrom <= batch
-  }
 }
 
 // Note [Closing a batch on request].

@@ -191,10 +191,9 @@ class Stream {
   void useBuffers(const BufferUse* uses, size_t count);
   // Encodes a GPU wait for `other`'s batch `batch`, getting that batch committed first
   // (Note [Closing a batch on request]).
+  // Also makes the open batch inherit the failure of that batch: orderAfter, then
+  // inheritFailureOf.
   void waitForStream(Stream& other, uint64_t batch);
-  // The same wait, inheriting the failure of `other`'s batch `failureFrom` (<= batch; 0: an
-  // ordering-only wait, Note [Overwriting a failed write]) instead of `batch`'s.
-  void waitForStream(Stream& other, uint64_t batch, uint64_t failureFrom);
   // Counts an op encoded without a lease (an MPSGraph or blit encode).
   void noteEncodedOp();
   // The batch the work encoded now will belong to.
@@ -285,6 +284,12 @@ class Stream {
   void serveCloseRequests();
   void serveCloseRequestsUpTo(uint64_t batch);
   void ensureSubmitted(Stream& other, uint64_t batch);
+  // The two halves of waitForStream (Note [Overwriting a failed write]: a wait may only
+  // order). orderAfter: a GPU wait for `other`'s batch `batch`, unless one is in place or the
+  // batch is done. inheritFailureOf (after orderAfter of a batch >= `batch`): raises at once if
+  // that batch is done and failed, else makes it a batch dependency of the open batch.
+  void orderAfter(Stream& other, uint64_t batch);
+  void inheritFailureOf(Stream& other, uint64_t batch);
   void onBatchCompleted(uint64_t batch, CommandBufferStatus status, const std::string& error);
   void endLease() noexcept;
   void markUncommittedWork() {

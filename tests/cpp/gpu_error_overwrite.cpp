@@ -8,6 +8,7 @@
 // Gate, so the order of events is certain.
 
 #include <string>
+#include <vector>
 
 #include "test_support.h"
 
@@ -40,6 +41,20 @@ std::string useOn(Stream& s, BufferUse use, SyncType sync = SyncType::COMMIT_AND
       s.useBuffers(&use, 1);
       encodeKernel(s, [] {});
       s.synchronize(sync);
+    });
+  } catch (const CommandBufferError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// On `s`: one kernel using all of `uses`, then COMMIT_AND_WAIT. Returns the error raised.
+std::string useAllOn(Stream& s, std::vector<BufferUse> uses) {
+  try {
+    s.dispatch([&] {
+      s.useBuffers(uses.data(), uses.size());
+      encodeKernel(s, [] {});
+      s.synchronize(SyncType::COMMIT_AND_WAIT);
     });
   } catch (const CommandBufferError& e) {
     return e.what();
@@ -179,6 +194,29 @@ TEST_CASE("failed write: on the failing stream, a covering write is clean once t
     REQUIRE_THAT(useOn(a, covering), Contains(kKernelMessage));
     REQUIRE(useOn(a, read) == ""); // told by that raise; the overwrite is in a later batch
   }
+}
+
+// An op reading a buffer lost in batch 1 and one written cleanly in batch 2 of the same
+// stream: its failure dependency is batch 1, not the latest batch it waits for. (It was
+// merged into "stream 1, batch 2", which is clean: silent garbage, on the writing stream and
+// on any other.)
+TEST_CASE("failed write: an op also reading a later, clean write of the same stream still fails",
+          "[errors][overwrite]") {
+  SimRuntime env;
+  Stream& a = env.rt().stream(1);
+  Stream& b = env.rt().stream(2);
+  int lost = 0;
+  int clean = 0;
+  failingWrite(a, &lost);
+  REQUIRE_THAT(syncOf(a), Contains(kKernelMessage)); // told
+  REQUIRE(useOn(a, {&clean, Access::Write}) == "");
+  const std::vector<BufferUse> both = {{&lost, Access::Read}, {&clean, Access::Read}};
+  const std::vector<BufferUse> bothReversed = {{&clean, Access::Read}, {&lost, Access::Read}};
+  REQUIRE_THAT(useAllOn(b, both), Contains(kKernelMessage));
+  REQUIRE_THAT(useAllOn(b, bothReversed), Contains(kKernelMessage));
+  REQUIRE_THAT(useAllOn(a, both), Contains(kKernelMessage));
+  REQUIRE_THAT(useAllOn(a, bothReversed), Contains(kKernelMessage));
+  REQUIRE(useAllOn(b, {{&clean, Access::Read}}) == "");
 }
 
 TEST_CASE("gpu errors: the message names the root failure once, however long the chain",
