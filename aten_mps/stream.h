@@ -90,7 +90,10 @@
 //   device-wide synchronize, exactly once (orphaned errors; like CUDA's asynchronous errors,
 //   reported by the next synchronize), never to the next owner of the pool stream: nobody
 //   else is left who could be told, and issue 8 lists synchronize() among the dependents.
-// A thread whose work depends on no failed batch never receives the error.
+// A thread whose work depends on no failed batch never receives the error. Failures are kept
+// for the last kMaxRememberedBatches failed batches of a stream, and batch dependencies and
+// participants for as many batches: an error older than that is no longer delivered (counted
+// in gpuErrors).
 //
 // Note [Overwriting a failed write]
 // What useBuffers orders an op after is not always what it depends on. A read depends on the
@@ -109,10 +112,8 @@
 // write in the failed batch itself is lost with it. Only the caller knows that a write covers
 // the buffer (the mps_sim glue: the whole storage of an allocator block, python/csrc/
 // tensor_uses.h); a wrong claim would turn a lost write into silent garbage, so the default
-// is false. Failures are kept
-// for the last kMaxRememberedBatches failed batches of a stream, and batch dependencies and
-// participants for as many batches: an error older than that is no longer delivered (counted
-// in gpuErrors).
+// is false. What an op inherits is the failure of every batch it reads from, not of the
+// latest batch it waits for per stream: that one may be clean while an earlier one failed.
 
 #include <atomic>
 #include <condition_variable>
