@@ -25,6 +25,21 @@ bool covers(const std::vector<StreamUse>& ordered, const StreamUse& use) {
     return o.stream == use.stream && o.batch >= use.batch;
   });
 }
+
+// Adds a use to a list unless it holds that very use.
+void addOnce(std::vector<StreamUse>& uses, StreamUse use) {
+  if (std::none_of(uses.begin(), uses.end(), [&](const StreamUse& u) {
+        return u.stream == use.stream && u.batch == use.batch;
+      })) {
+    uses.push_back(use);
+  }
+}
+
+// Whether `use` inherits the failure of the writes it waits for (Note [Overwriting a failed
+// write]): every read, and a write that leaves part of the buffer as it was.
+bool inheritsWriters(const BufferUse& use) {
+  return use.access == BufferUse::Access::Read || !use.coversBuffer;
+}
 } // namespace
 
 BufferUseTracker::Shard& BufferUseTracker::shardOf(const void* buffer) const {
@@ -34,13 +49,18 @@ BufferUseTracker::Shard& BufferUseTracker::shardOf(const void* buffer) const {
 }
 
 void BufferUseTracker::dependenciesOf(const History& history, const Stream& self,
-                                      BufferUse::Access access, std::vector<StreamUse>& out) {
+                                      const BufferUse& use, std::vector<StreamUse>& out,
+                                      std::vector<StreamUse>* inherited) {
   for (const StreamUse& write : history.writes) {
     if (write.stream != &self) {
       addLatestPerStream(out, write);
+      if (inherited != nullptr && inheritsWriters(use)) {
+        addOnce(*inherited, write); // each batch read from: not merged (header)
+      }
     }
   }
-  if (access == BufferUse::Access::Write) {
+  if (use.access == BufferUse::Access::Write) {
+    // Ordering only (WAR): a failed reader left nothing in the buffer.
     for (const StreamUse& read : history.reads) {
       if (read.stream != &self) {
         addLatestPerStream(out, read);
@@ -56,7 +76,7 @@ void BufferUseTracker::dependencies(const Stream& self, const BufferUse* uses, s
     std::lock_guard<std::mutex> lock(shard.mutex);
     auto it = shard.buffers.find(uses[i].buffer);
     if (it != shard.buffers.end()) {
-      dependenciesOf(it->second, self, uses[i].access, out);
+      dependenciesOf(it->second, self, uses[i], out, nullptr);
     }
   }
 }
@@ -64,7 +84,8 @@ void BufferUseTracker::dependencies(const Stream& self, const BufferUse* uses, s
 void BufferUseTracker::dependOnAndRecord(Stream& self, const BufferUse* uses, size_t count,
                                          uint64_t batch, std::vector<StreamUse>& out,
                                          std::vector<StreamUse>* ownWrites,
-                                         std::vector<uint64_t>* previous) {
+                                         std::vector<uint64_t>* previous,
+                                         std::vector<StreamUse>* inherited) {
   if (previous != nullptr) {
     previous->assign(count, 0);
   }
@@ -72,11 +93,11 @@ void BufferUseTracker::dependOnAndRecord(Stream& self, const BufferUse* uses, si
     Shard& shard = shardOf(uses[i].buffer);
     std::lock_guard<std::mutex> lock(shard.mutex);
     History& history = shard.buffers[uses[i].buffer];
-    dependenciesOf(history, self, uses[i].access, out);
-    if (ownWrites != nullptr) {
+    dependenciesOf(history, self, uses[i], out, inherited);
+    if (ownWrites != nullptr && inheritsWriters(uses[i])) {
       for (const StreamUse& write : history.writes) {
         if (write.stream == &self && write.batch < batch) {
-          addLatestPerStream(*ownWrites, write);
+          addOnce(*ownWrites, write); // each batch read from: not merged (header)
         }
       }
     }

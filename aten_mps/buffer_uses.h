@@ -60,13 +60,20 @@ class BufferUseTracker {
   // Step 1 of Note [Unordered writes are a set]: appends to `out` the uses on streams other
   // than `self` that `uses` must wait for (at most one per stream, its latest batch), and
   // records `uses` on `self` in batch `batch`, atomically per buffer.
-  // `ownWrites` (optional): this stream's own earlier writes of the buffers read, which its
-  // queue orders but whose failure it must still see (Note [GPU errors belong to batches]).
+  // `ownWrites` (optional): this stream's own earlier writes of the buffers used (a write that
+  // covers its buffer excepted), which its queue orders but whose failure it must still see
+  // (Note [GPU errors belong to batches]): every batch, not the latest per stream, since a
+  // clean later batch says nothing of a failed earlier one (an op reading a tensor lost in
+  // batch 5 and one written in batch 7 must inherit batch 5's failure).
   // `previous` (optional): per use, the batch of `self`'s entry it replaced (0: none), what
   // undoRecord needs.
+  // `inherited` (optional): the writes on other streams whose failure the uses inherit: those
+  // a read or a partial write waits for, not the ordering-only waits of Note [Overwriting a
+  // failed write]; every batch, like `ownWrites`.
   void dependOnAndRecord(Stream& self, const BufferUse* uses, size_t count, uint64_t batch,
                          std::vector<StreamUse>& out, std::vector<StreamUse>* ownWrites = nullptr,
-                         std::vector<uint64_t>* previous = nullptr);
+                         std::vector<uint64_t>* previous = nullptr,
+                         std::vector<StreamUse>* inherited = nullptr);
   // Takes back what dependOnAndRecord recorded in batch `batch` when the op is abandoned
   // before it was encoded (a wait raised): a use left behind would name a batch that may
   // never be committed, and a free of the buffer would wait for it forever.
@@ -92,8 +99,8 @@ class BufferUseTracker {
     std::vector<StreamUse> writes; // since the last ordering point
     std::vector<StreamUse> reads; // since the last ordering point
   };
-  static void dependenciesOf(const History& history, const Stream& self, BufferUse::Access access,
-                             std::vector<StreamUse>& out);
+  static void dependenciesOf(const History& history, const Stream& self, const BufferUse& use,
+                             std::vector<StreamUse>& out, std::vector<StreamUse>* inherited);
   struct Shard {
     mutable std::mutex mutex;
     std::unordered_map<const void*, History> buffers;

@@ -375,9 +375,15 @@ void Stream::onBatchCompleted(uint64_t batch, CommandBufferStatus status, const 
     std::lock_guard<std::mutex> lock(progressMutex_);
     if (status == CommandBufferStatus::Error) {
       counters_.gpuErrors.add();
-      failures_[batch] = std::make_shared<const std::string>(
-          "command buffer (batch " + std::to_string(batch) + " of " + streamName(id_) +
-          ") failed on the GPU: " + error);
+      const std::string origin = "batch " + std::to_string(batch) + " of " + streamName(id_);
+      // Metal skips the rest of a failed command buffer: say so, since on a shared stream the
+      // reader may be a thread whose own kernels were skipped (Note [GPU errors belong to
+      // batches]).
+      failures_[batch] = std::make_shared<const BatchFailure>(BatchFailure{
+          "command buffer (" + origin + ") failed on the GPU: " + error +
+              " [the GPU skipped the rest of this batch: every later kernel encoded in it, by "
+              "any thread using " + streamName(id_) + ", did not run]",
+          "failed " + origin + ": " + error});
       if (failures_.size() > kMaxRememberedBatches) {
         failures_.erase(failures_.begin());
       }
@@ -420,7 +426,20 @@ bool Stream::carriesLocked(uint64_t failed, uint64_t batch, FailureScope scope) 
   return true;
 }
 
+std::shared_ptr<const std::string> Stream::messageOf(std::shared_ptr<const BatchFailure> failure) {
+  if (!failure) {
+    return nullptr;
+  }
+  const std::string* message = &failure->message;
+  return std::shared_ptr<const std::string>(std::move(failure), message);
+}
+
 std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch, FailureScope scope) {
+  return messageOf(batchFailureOf(batch, scope));
+}
+
+std::shared_ptr<const Stream::BatchFailure> Stream::batchFailureOf(uint64_t batch,
+                                                                   FailureScope scope) {
   if (batch == 0) {
     return nullptr;
   }
@@ -442,12 +461,14 @@ std::shared_ptr<const std::string> Stream::failureOf(uint64_t batch, FailureScop
   // Cross-stream: resolve the GPU waits of those batches, oldest first, with no lock held
   // (the waited-for stream may have to wait for its own handlers).
   for (auto& [waiter, waits] : unresolved) {
-    std::shared_ptr<const std::string> cause;
+    std::shared_ptr<const BatchFailure> cause;
     for (const BatchWait& wait : waits) {
-      if (auto failure = wait.stream->failureOf(wait.batch, wait.scope)) {
-        cause = std::make_shared<const std::string>(
-            "batch " + std::to_string(waiter) + " of " + streamName(id_) + " depends on a failed batch: " +
-            *failure);
+      if (auto failure = wait.stream->batchFailureOf(wait.batch, wait.scope)) {
+        // The root only: a chain of dependents never nests their messages.
+        cause = std::make_shared<const BatchFailure>(BatchFailure{
+            "batch " + std::to_string(waiter) + " of " + streamName(id_) + " depends on " +
+                failure->root,
+            failure->root});
         break;
       }
     }
@@ -508,7 +529,7 @@ std::vector<std::shared_ptr<const std::string>> Stream::takeOrphanedFailures(uin
     });
     if (leftUntold) {
       orphansDelivered_.insert(it->first);
-      orphaned.push_back(it->second);
+      orphaned.push_back(messageOf(it->second));
     }
   }
   return orphaned;
@@ -550,15 +571,25 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
   dependencies.clear();
   thread_local std::vector<StreamUse> ownWrites;
   ownWrites.clear();
+  thread_local std::vector<StreamUse> inherited;
+  inherited.clear();
   thread_local std::vector<uint64_t> previous;
   const uint64_t recordedIn = openBatch();
   context_.bufferUses.dependOnAndRecord(*this, uses, count, recordedIn, dependencies,
-                                        &ownWrites, &previous);
+                                        &ownWrites, &previous, &inherited);
   testHook(TestHook::BufferUsesBeforeWaits, this);
   racePoint(SchedulePoint::BufferDependencies);
+  const uint64_t waitsIn = openBatch();
+  const size_t waitsBefore = openBatchWaits_.size();
   try {
     for (const StreamUse& dependency : dependencies) {
-      waitForStream(*dependency.stream, dependency.batch, FailureScope::Reader);
+      orderAfter(*dependency.stream, dependency.batch);
+    }
+    // Only some of the waits carry a failure (Note [Overwriting a failed write]), each the
+    // failure of the exact batch it read from, not of the latest batch waited for: that one
+    // may be clean while an earlier one this op reads from failed.
+    for (const StreamUse& carrier : inherited) {
+      inheritFailureOf(*carrier.stream, carrier.batch, FailureScope::Reader);
     }
   } catch (...) {
     // The op is abandoned before it was encoded (a failed dependency, a broken contract): take
@@ -566,6 +597,13 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
     // may ever commit. A stream that already read them as a dependency gets our batch closed
     // on request, empty or not (Note [Closing a batch on request]).
     context_.bufferUses.undoRecord(*this, uses, count, recordedIn, previous);
+    // Nor a failure dependency: the failures it inherited belong to no work in our batch. (Its
+    // GPU waits stay encoded: they only order.) A batch the waits committed keeps its own.
+    if (openBatch() == waitsIn) {
+      openBatchWaits_.resize(std::min(openBatchWaits_.size(), waitsBefore));
+    } else {
+      openBatchWaits_.clear();
+    }
     throw;
   }
   // Our own earlier writes are ordered by our queue; but one from a batch whose failure was
@@ -583,13 +621,39 @@ void Stream::useBuffers(const BufferUse* uses, size_t count) {
 }
 
 void Stream::waitForStream(Stream& other, uint64_t batch, FailureScope scope) {
-  requireOnQueue("waitForStream()");
+  orderAfter(other, batch);
+  inheritFailureOf(other, batch, scope);
+}
+
+void Stream::inheritFailureOf(Stream& other, uint64_t batch, FailureScope scope) {
   if (batch == 0) {
     return;
   }
   if (&other == this) {
     dependOnOwnBatch(batch, scope);
     return;
+  }
+  // Even when an earlier wait already orders us after it: that wait's batch may have been
+  // raised and settled already, and this op reads the lost data again.
+  if (other.completedBatch() >= batch) {
+    // What we were about to encode would read its garbage (Note [GPU errors belong to
+    // batches]).
+    other.raiseIfFailed(batch, scope);
+    return;
+  }
+  const BatchWait wait{&other, batch, scope};
+  const bool known = std::any_of(openBatchWaits_.begin(), openBatchWaits_.end(), [&](const BatchWait& w) {
+    return w.stream == wait.stream && w.batch == wait.batch && w.scope == wait.scope;
+  });
+  if (!known) {
+    openBatchWaits_.push_back(wait); // submitted: orderAfter saw to it
+  }
+}
+
+void Stream::orderAfter(Stream& other, uint64_t batch) {
+  requireOnQueue("waitForStream()");
+  if (batch == 0 || &other == this) {
+    return; // stream order (inheritFailureOf records the dependency on our own batch)
   }
   // Waiting for another stream may mean committing our own batch for it (Note [Closing a
   // batch on request]): impossible with our encoder leased, a deadlock with a domain held.
@@ -603,31 +667,17 @@ void Stream::waitForStream(Stream& other, uint64_t batch, FailureScope scope) {
                           " belongs to another device");
   }
   uint64_t& waited = waitedUpTo_[static_cast<size_t>(other.id())];
-  // An earlier wait of this stream already covers it on the GPU (GPU waits block later work
-  // too), and its dependency was recorded with its batch; only a broader scope adds one.
-  const bool ordered = waited >= batch;
-  if (ordered && scope == FailureScope::Reader) {
-    return;
+  if (waited < batch && other.completedBatch() < batch) {
+    if (other.submittedBatch() < batch) {
+      ensureSubmitted(other, batch);
+    }
+    endKernelCoalescing(); // Metal: no encoder may be open while an event wait is encoded
+    commandBuffer().encodeWaitForEvent(other.timeline(), batch);
+    counters_.crossStreamWaits.add();
   }
-  if (other.completedBatch() >= batch) {
-    // Already done: if it failed, what we were about to encode would read its garbage
-    // (Note [GPU errors belong to batches]).
-    other.raiseIfFailed(batch, scope);
-    waited = std::max(waited, batch);
-    return;
-  }
-  if (ordered) {
-    openBatchWaits_.push_back({&other, batch, scope}); // the dependency, no second GPU wait
-    return;
-  }
-  if (other.submittedBatch() < batch) {
-    ensureSubmitted(other, batch);
-  }
-  endKernelCoalescing(); // Metal: no encoder may be open while an event wait is encoded
-  commandBuffer().encodeWaitForEvent(other.timeline(), batch);
-  openBatchWaits_.push_back({&other, batch, scope});
-  waited = batch;
-  counters_.crossStreamWaits.add();
+  // Else ordered already: an earlier wait of this stream (GPU waits block later work too), or
+  // the batch is done.
+  waited = std::max(waited, batch);
 }
 
 // Note [GPU errors belong to batches]: a wait for our own batch N. Stream order already puts N

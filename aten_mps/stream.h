@@ -60,9 +60,11 @@
 //   to A, and thread B, whose kernels in N were skipped, read zeros after Event.synchronize);
 // - across streams: a batch that waited on the GPU for a failed batch (useBuffers' ordering,
 //   waitStream, Event::wait) is failed with the same cause ("poisoned"): its reader gets the
-//   error, never the zeros the failed kernel left. Waits are recorded per batch at commit, with
-//   the scope they were made with, and resolved lazily, by whoever asks (failureOf), since the
-//   failed batch's completion handler may run after the dependent's;
+//   error, never the zeros the failed kernel left (a wait that only orders, a write after
+//   reads or a covering write after writes, poisons nothing: Note [Overwriting a failed
+//   write]). Waits are recorded per batch at commit, with the scope they were made with, and
+//   resolved lazily, by whoever asks (failureOf), since the failed batch's completion handler
+//   may run after the dependent's;
 // - a wait on an already failed batch (waitForStream) raises at once;
 // - a wait for a batch of the waiter's own stream (waitForStream(self, N), Event::wait of an
 //   event recorded on it, waitStream(s, s)) needs no GPU wait, stream order has it, but it is
@@ -71,6 +73,10 @@
 //   so without it the next owner, reading the output of the failed batch its predecessor left
 //   behind, read zeros silently (the explorer's F5: the pool hands a thread the stream another
 //   thread has just given back);
+// - the cause names the root failure once, however long the chain of dependents: "batch 7 of
+//   stream 3 depends on failed batch 5 of stream 2: <kernel message>", never the dependent's
+//   dependent's ... message (a tensor rewritten in a loop after a failure grew its error by one
+//   clause per round);
 // - what a caller depends on decides what it gets (FailureScope):
 //   * a reader of batch b's outputs through the tracker (Reader: useBuffers' dependencies,
 //     which name the exact batch of each write): the failure of b itself, and of an earlier
@@ -101,6 +107,26 @@
 // for the last kMaxRememberedBatches failed batches of a stream, and batch dependencies and
 // participants for as many batches: an error older than that is no longer delivered (counted
 // in gpuErrors).
+//
+// Note [Overwriting a failed write]
+// What useBuffers orders an op after is not always what it depends on. A read depends on the
+// writes it waits for; so does a write that covers only part of the buffer: the rest still
+// holds what the lost work left, and once this write is recorded the tracker forgets the
+// earlier writer, so the buffer's next reader could only learn of the loss through this
+// write's batch. Two waits are ordering only and never carry a failure to the waiting batch:
+// - a write after reads (WAR): a failed reader left nothing in the buffer;
+// - a write that covers the whole buffer and reads none of it (BufferUse::coversBuffer) after
+//   earlier writes (WAW): nothing of the lost work survives it.
+// So once a failure was raised, x.fill_(1), x.zero_() or x.copy_(src) make x clean again, as
+// on the CPU; any read of x before that (on any stream, the failing thread's included) still
+// raises. On the failing batch's own stream the rules of stream order above still hold: a
+// covering write is clean once the threads of the failed batch were told (or left); before
+// that, stream order carries the failure to it like to any later batch of theirs. A covering
+// write in the failed batch itself is lost with it. Only the caller knows that a write covers
+// the buffer (the mps_sim glue: the whole storage of an allocator block, python/csrc/
+// tensor_uses.h); a wrong claim would turn a lost write into silent garbage, so the default
+// is false. What an op inherits is the failure of every batch it reads from, not of the
+// latest batch it waits for per stream: that one may be clean while an earlier one failed.
 
 #include <atomic>
 #include <condition_variable>
@@ -135,6 +161,10 @@ struct BufferUse {
   enum class Access : uint8_t { Read, Write };
   const void* buffer;
   Access access;
+  // A write that overwrites every byte of the buffer anyone can read, and reads none of it
+  // (fill_, zero_, copy_ into the whole storage): Note [Overwriting a failed write]. False
+  // unless the caller knows it; false is always safe.
+  bool coversBuffer = false;
 };
 
 class Stream {
@@ -177,6 +207,7 @@ class Stream {
   // (Note [GPU errors belong to batches]): everything `other` ran up to `batch` by default;
   // useBuffers passes Reader for the exact batch of a tracked write. `other` may be this
   // stream: no GPU wait then (stream order has it), but the dependency is recorded all the same.
+  // orderAfter, then inheritFailureOf.
   void waitForStream(Stream& other, uint64_t batch, FailureScope scope = FailureScope::Event);
   // Counts an op encoded without a lease (an MPSGraph or blit encode).
   void noteEncodedOp();
@@ -268,6 +299,13 @@ class Stream {
   void serveCloseRequests();
   void serveCloseRequestsUpTo(uint64_t batch);
   void ensureSubmitted(Stream& other, uint64_t batch);
+  // The two halves of waitForStream (Note [Overwriting a failed write]: a wait may only
+  // order). orderAfter: a GPU wait for `other`'s batch `batch`, unless one is in place, the
+  // batch is done or `other` is this stream. inheritFailureOf (after orderAfter of a batch >=
+  // `batch`): raises at once if that batch is done and failed as `scope` sees it, else makes it
+  // a batch dependency of the open batch with that scope (dependOnOwnBatch for this stream).
+  void orderAfter(Stream& other, uint64_t batch);
+  void inheritFailureOf(Stream& other, uint64_t batch, FailureScope scope);
   void onBatchCompleted(uint64_t batch, CommandBufferStatus status, const std::string& error);
   void endLease() noexcept;
   void markUncommittedWork() {
@@ -327,7 +365,18 @@ class Stream {
   std::condition_variable progressCv_;
   // Note [GPU errors belong to batches], under progressMutex_.
   static constexpr size_t kMaxRememberedBatches = 1024;
-  std::map<uint64_t, std::shared_ptr<const std::string>> failures_; // failed or poisoned
+  // A failed or poisoned batch's error: the message raised, and the root failure it names
+  // ("failed batch 5 of stream 2: <kernel message>"), which a dependent's message repeats
+  // instead of nesting the whole message (Note [GPU errors belong to batches]).
+  struct BatchFailure {
+    std::string message;
+    std::string root;
+  };
+  // The message of `failure`, sharing its ownership.
+  static std::shared_ptr<const std::string> messageOf(std::shared_ptr<const BatchFailure> failure);
+  // failureOf, with the root.
+  std::shared_ptr<const BatchFailure> batchFailureOf(uint64_t batch, FailureScope scope);
+  std::map<uint64_t, std::shared_ptr<const BatchFailure>> failures_; // failed or poisoned
   std::map<uint64_t, std::vector<BatchWait>> batchWaits_; // unresolved
   // Highest batch any thread was told of or gave the stream back at (written under
   // progressMutex_): what decides for a batch with no recorded participant, and when a

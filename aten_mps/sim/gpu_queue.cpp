@@ -95,6 +95,7 @@ void GpuQueue::execute(const std::shared_ptr<SimDevice::State>& state, Segment& 
         // After a failure the rest of the segment's kernels are skipped, but its signals
         // still happen (below), so nothing waiting on this segment hangs.
         if (failure) {
+          bump(counters.kernelsSkipped);
           break;
         }
         racePoint(SchedulePoint::GpuKernel);

@@ -79,6 +79,7 @@ Stats SimDevice::stats() const {
   stats.kernelsEncoded = get(c.kernelsEncoded);
   stats.kernelsExecuted = get(c.kernelsExecuted);
   stats.kernelsFailed = get(c.kernelsFailed);
+  stats.kernelsSkipped = get(c.kernelsSkipped);
   stats.segmentsCommitted = get(c.segmentsCommitted);
   stats.segmentsCompleted = get(c.segmentsCompleted);
   stats.handlersRun = get(c.handlersRun);

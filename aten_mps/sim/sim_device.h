@@ -57,6 +57,10 @@ struct Stats {
   uint64_t kernelsEncoded = 0;
   uint64_t kernelsExecuted = 0;
   uint64_t kernelsFailed = 0; // threw on the GPU thread
+  // Not run: encoded after a failed kernel of the same command buffer, which Metal skips. With
+  // every command buffer completed, kernelsEncoded == kernelsExecuted + kernelsFailed +
+  // kernelsSkipped.
+  uint64_t kernelsSkipped = 0;
   uint64_t segmentsCommitted = 0; // commit + commitAndContinue
   uint64_t segmentsCompleted = 0;
   uint64_t handlersRun = 0;

@@ -30,6 +30,7 @@ struct SimCounters {
   std::atomic<uint64_t> kernelsEncoded{0};
   std::atomic<uint64_t> kernelsExecuted{0};
   std::atomic<uint64_t> kernelsFailed{0};
+  std::atomic<uint64_t> kernelsSkipped{0};
   std::atomic<uint64_t> segmentsCommitted{0};
   std::atomic<uint64_t> segmentsCompleted{0};
   std::atomic<uint64_t> handlersRun{0};

@@ -53,16 +53,28 @@ class SimAllocator final : public c10::Allocator {
       return c10::DataPtr(nullptr, device());
     }
     const size_t size = bucketSize(bytes);
-    void* block = takeCached(size);
+    void* block = takeCached(size, bytes);
     if (block == nullptr) {
       block = std::aligned_alloc(kAlignment, size);
       TORCH_CHECK(block != nullptr, "mps_sim: out of host memory allocating ", size, " bytes");
       std::lock_guard<std::mutex> lock(mutex_);
       stats_.hostAllocations++;
       sizes_[block] = size;
+      requested_[block] = bytes;
       stats_.allocatedBytes += size;
     }
     return c10::DataPtr(block, block, &freeBlock, device());
+  }
+
+  bool spansBlock(const c10::Storage& storage) {
+    const c10::DataPtr& data = storage.data_ptr();
+    if (data.get() == nullptr || data.get_deleter() != &freeBlock ||
+        data.get_context() != data.get()) {
+      return false;
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto requested = requested_.find(data.get());
+    return requested != requested_.end() && requested->second == storage.nbytes();
   }
 
   c10::DeleterFnPtr raw_deleter() const override {
@@ -96,6 +108,18 @@ class SimAllocator final : public c10::Allocator {
     return out;
   }
 
+  // Note [Pending frees are settled when looked at]
+  // A freed block waits in PendingFrees until every use of it has completed; it was moved to a
+  // free list only when an allocation looked for a block of its size. So after a synchronize,
+  // with nothing running, blocks whose uses had all completed still counted as pending_frees.
+  // A device synchronize and the stats a user reads (bindings.cpp) move them to the shared list
+  // first: pending_frees then counts exactly the blocks some stream may still use. (Not the
+  // memory-pressure probe's read, which runs for every op.)
+  void settleCompletedFrees() {
+    checkNotInBadFork();
+    collect(nullptr, kSharedList);
+  }
+
   // Note [Emptying the cache]
   void emptyCache() {
     checkNotInBadFork();
@@ -109,6 +133,7 @@ class SimAllocator final : public c10::Allocator {
                                             [&](void* block) { return !usesPassed(block); });
           for (auto it = keep; it != blocks.end(); ++it) {
             sizes_.erase(*it);
+            requested_.erase(*it);
             lastUses_.erase(*it);
             stats_.cachedBytes -= size;
             stats_.hostFrees++;
@@ -168,7 +193,7 @@ class SimAllocator final : public c10::Allocator {
     }
   }
 
-  void* takeFrom(int listId, size_t size) {
+  void* takeFrom(int listId, size_t size, size_t requested) {
     std::lock_guard<std::mutex> lock(mutex_);
     auto list = free_.find(listId);
     if (list == free_.end()) {
@@ -181,30 +206,33 @@ class SimAllocator final : public c10::Allocator {
     void* block = bucket->second.back();
     bucket->second.pop_back();
     lastUses_.erase(block);
+    requested_[block] = requested;
     stats_.reuses++;
     stats_.cachedBytes -= size;
     stats_.allocatedBytes += size;
     return block;
   }
 
-  void* takeCached(size_t size) {
+  void* takeCached(size_t size, size_t requested) {
     ts::Stream& stream = runtime().currentStream();
-    if (void* block = takeFrom(stream.id(), size)) {
+    if (void* block = takeFrom(stream.id(), size, requested)) {
       return block;
     }
-    if (void* block = takeFrom(kSharedList, size)) {
+    if (void* block = takeFrom(kSharedList, size, requested)) {
       return block;
     }
     collect(nullptr, kSharedList);
-    if (void* block = takeFrom(kSharedList, size)) {
+    if (void* block = takeFrom(kSharedList, size, requested)) {
       return block;
     }
     collect(&stream, stream.id());
-    return takeFrom(stream.id(), size);
+    return takeFrom(stream.id(), size, requested);
   }
 
   std::mutex mutex_; // a leaf (Note [Buffer-use lock order]): nothing runtime-side runs under it
   std::unordered_map<void*, size_t> sizes_; // every block from the host, by address
+  // Bytes the allocation that handed each block out asked for (storageSpansItsBlock).
+  std::unordered_map<void*, size_t> requested_;
   std::unordered_map<int, std::map<size_t, std::vector<void*>>> free_; // list id -> size -> blocks
   // Uses recorded at release of every cached block (Note [Emptying the cache]).
   std::unordered_map<void*, std::vector<ts::StreamUse>> lastUses_;
@@ -215,6 +243,24 @@ class SimAllocator final : public c10::Allocator {
 
 c10::Allocator* allocator() {
   return &SimAllocator::instance();
+}
+
+bool storageSpansItsBlock(const c10::Storage& storage) {
+  return SimAllocator::instance().spansBlock(storage);
+}
+
+void settleCompletedFrees() {
+  SimAllocator::instance().settleCompletedFrees();
+}
+
+void synchronizeDeviceAndSettleFrees() {
+  try {
+    runtime().synchronizeDevice();
+  } catch (...) {
+    settleCompletedFrees();
+    throw;
+  }
+  settleCompletedFrees();
 }
 
 AllocatorStats allocatorStats() {

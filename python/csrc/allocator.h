@@ -6,6 +6,7 @@
 // to the stream that was its only user (its queue orders the reuse) — Note [Reuse by stream].
 
 #include <c10/core/Allocator.h>
+#include <c10/core/Storage.h>
 
 #include <cstddef>
 
@@ -21,7 +22,19 @@ struct AllocatorStats {
 };
 
 c10::Allocator* allocator();
+// Whether `storage` owns an allocator block and spans every byte of it that anything can read:
+// its DataPtr is the block the allocator handed out, and its nbytes are the bytes that
+// allocation asked for (the rest of the block, up to its bucket size, is never reachable).
+// False for anything else, e.g. a storage whose nbytes changed without a new block.
+// Note [Writes that cover their buffer] in tensor_uses.h.
+bool storageSpansItsBlock(const c10::Storage& storage);
 AllocatorStats allocatorStats();
+// Moves the pending frees whose every use has completed to the cache (Note [Pending frees are
+// settled when looked at]).
+void settleCompletedFrees();
+// runtime().synchronizeDevice(), then settleCompletedFrees (also when it raises a GPU error):
+// with nothing left running, no free is pending any more.
+void synchronizeDeviceAndSettleFrees();
 // Returns to the host every cached block no stream can still use (torch.mps_sim.empty_cache;
 // Note [Emptying the cache] in allocator.cpp).
 void emptyCache();

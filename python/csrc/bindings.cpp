@@ -65,6 +65,7 @@ py::dict simStats() {
   d["kernels_encoded"] = s.kernelsEncoded;
   d["kernels_executed"] = s.kernelsExecuted;
   d["kernels_failed"] = s.kernelsFailed;
+  d["kernels_skipped"] = s.kernelsSkipped;
   d["segments_committed"] = s.segmentsCommitted;
   d["segments_completed"] = s.segmentsCompleted;
   d["handlers_run"] = s.handlersRun;
@@ -110,6 +111,7 @@ py::dict runtimeStats() {
   d["domains"] = domains;
   d["protections"] = protectionsDict(runtime().protections());
   d["sim"] = simStats();
+  settleCompletedFrees(); // Note [Pending frees are settled when looked at]
   const AllocatorStats a = allocatorStats();
   py::dict alloc;
   alloc["allocated_bytes"] = a.allocatedBytes;
@@ -236,7 +238,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("stats", &runtimeStats);
   m.def("synchronize", [] {
     py::gil_scoped_release noGil;
-    runtime().synchronizeDevice();
+    synchronizeDeviceAndSettleFrees();
   });
 
   m.def("protections", [] { return protectionsDict(runtime().protections()); });

@@ -2,10 +2,12 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
+#include <c10/util/Exception.h>
 
 #include <dlfcn.h>
 
 #include <mutex>
+#include <stdexcept>
 #include <unordered_map>
 
 #include "domains.h"
@@ -68,7 +70,12 @@ void encodeKernel(const std::vector<ts::BufferUse>& uses, std::function<void()> 
   auto onQueueThread = [body = std::move(kernel), state = at::ThreadLocalState()] {
     at::ThreadLocalStateGuard callerState(state);
     oneCorePerQueue();
-    body();
+    try {
+      body();
+    } catch (const c10::Error& e) {
+      // Without the C++ backtrace (Note [Kernel errors] in ops_generic.cpp).
+      throw std::runtime_error(e.what_without_backtrace());
+    }
   };
   stream.dispatch([&] {
     stream.useBuffers(uses.data(), uses.size());

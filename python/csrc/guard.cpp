@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "guard.h"
+#include "allocator.h"
 #include "events.h"
 #include "runtime_access.h"
 
@@ -169,7 +170,7 @@ class SimGuardImpl final : public c10::impl::DeviceGuardImplInterface {
     stream.rethrowGpuError();
   }
   void synchronizeDevice(const c10::DeviceIndex) const override {
-    runtime().synchronizeDevice();
+    synchronizeDeviceAndSettleFrees();
   }
 
   void record(void** event, const c10::Stream& s, const c10::DeviceIndex,

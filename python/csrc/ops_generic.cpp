@@ -5,10 +5,12 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <mutex>
 #include <shared_mutex>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -59,6 +61,36 @@ const char* sharedClassOf(const c10::OperatorName& name) {
     return "layer_norm";
   }
   return nullptr;
+}
+
+// Ops that write every element of their mutable arguments and read none of them: fills,
+// random fills and out= ops (the out tensor is resized to the result and written whole). Their
+// write of a tensor covering its buffer is covering (Note [Writes that cover their buffer]);
+// an input that shares the buffer is a read of its own. Listed one by one: an op missing here
+// is treated as reading what it writes (add_, index_put_, masked_fill_, scatter_), the safe
+// default.
+bool overwritesItsOutputs(const c10::OperatorName& name) {
+  static const std::unordered_map<std::string, std::vector<std::string>> kOverwritingOps = {
+      {"aten::fill_", {"Scalar", "Tensor"}},
+      {"aten::zero_", {""}},
+      {"aten::normal_", {""}},
+      {"aten::uniform_", {""}},
+      {"aten::random_", {"", "from", "to"}},
+      {"aten::bernoulli_", {"float"}},
+      {"aten::add", {"out"}},
+      {"aten::sub", {"out"}},
+      {"aten::mul", {"out"}},
+      {"aten::div", {"out"}},
+      {"aten::arange", {"start_out"}},
+      {"aten::linspace", {"out"}},
+      {"aten::bitwise_and", {"Tensor_out"}},
+      {"aten::bitwise_or", {"Tensor_out"}},
+      {"aten::nan_to_num", {"out"}},
+  };
+  auto found = kOverwritingOps.find(name.name);
+  return found != kOverwritingOps.end() &&
+         std::find(found->second.begin(), found->second.end(), name.overload_name) !=
+             found->second.end();
 }
 
 struct Args {
@@ -128,8 +160,9 @@ bool appendValueSignature(std::string& key, const c10::IValue& v) {
 }
 
 // Maps one tensor argument to its meta and host forms.
+// `overwritten`: the op writes every element of `t` and reads none (overwritesItsOutputs).
 void mapTensor(const c10::OperatorHandle& op, const std::string& argName, const at::Tensor& t,
-               bool written, Args& out, at::Tensor& meta, at::Tensor& host) {
+               bool written, bool overwritten, Args& out, at::Tensor& meta, at::Tensor& host) {
   if (!t.defined()) {
     meta = t;
     host = t;
@@ -138,7 +171,11 @@ void mapTensor(const c10::OperatorHandle& op, const std::string& argName, const 
   if (isSim(t)) {
     meta = at::empty_strided(t.sizes(), t.strides(), t.options().device(c10::DeviceType::Meta));
     host = out.hostStorages.alias(t);
-    addUse(out.uses, t, written ? ts::BufferUse::Access::Write : ts::BufferUse::Access::Read);
+    if (overwritten) {
+      addOverwrite(out.uses, t);
+    } else {
+      addUse(out.uses, t, written ? ts::BufferUse::Access::Write : ts::BufferUse::Access::Read);
+    }
     // Cache key of shared kernel objects (per shape and dtype, as MPSGraphCache keys are);
     // built without iostreams, this runs for every op.
     for (int64_t size : t.sizes()) {
@@ -160,11 +197,13 @@ void mapTensor(const c10::OperatorHandle& op, const std::string& argName, const 
 Args mapArguments(const c10::OperatorHandle& op, const torch::jit::Stack& stack, size_t first) {
   const auto& schema = op.schema();
   Args out;
+  const bool overwrites = overwritesItsOutputs(schema.operator_name());
   out.signature = toString(schema.operator_name());
   out.signature += '|';
   for (size_t i = 0; i < schema.arguments().size(); ++i) {
     const auto& arg = schema.arguments()[i];
     const bool written = arg.alias_info() != nullptr && arg.alias_info()->isWrite();
+    const bool overwritten = written && overwrites;
     const c10::IValue& value = stack[first + i];
     if (value.isTensor()) {
       appendTensorSignature(out.signature, value.toTensor());
@@ -183,14 +222,14 @@ Args mapArguments(const c10::OperatorHandle& op, const torch::jit::Stack& stack,
     }
     if (value.isTensor()) {
       at::Tensor meta, host;
-      mapTensor(op, arg.name(), value.toTensor(), written, out, meta, host);
+      mapTensor(op, arg.name(), value.toTensor(), written, overwritten, out, meta, host);
       out.meta.emplace_back(meta);
       out.host.emplace_back(host);
     } else if (value.isTensorList()) {
       std::vector<at::Tensor> metas, hosts;
       for (const at::Tensor& t : value.toTensorVector()) {
         at::Tensor meta, host;
-        mapTensor(op, arg.name(), t, written, out, meta, host);
+        mapTensor(op, arg.name(), t, written, overwritten, out, meta, host);
         metas.push_back(meta);
         hosts.push_back(host);
       }
@@ -205,7 +244,7 @@ Args mapArguments(const c10::OperatorHandle& op, const torch::jit::Stack& stack,
           continue;
         }
         at::Tensor meta, host;
-        mapTensor(op, arg.name(), element.toTensor(), written, out, meta, host);
+        mapTensor(op, arg.name(), element.toTensor(), written, overwritten, out, meta, host);
         metas.push_back(meta);
         hosts.push_back(host);
       }
@@ -301,6 +340,16 @@ void expandBoolIndices(c10::IValue& indices) {
   indices = expanded;
 }
 
+// Note [Kernel errors]
+// A kernel that throws on the sim GPU fails its batch; the message every dependent receives is
+// the kernel's (Note [GPU errors belong to batches]). It names the op (a thread whose own work
+// was skipped in a shared batch must learn whose op failed) and carries ATen's message without
+// its C++ backtrace, which would bury it.
+std::runtime_error kernelError(const c10::OperatorHandle& op, const c10::Error& e) {
+  return std::runtime_error(
+      c10::str(op.schema().operator_name(), " failed: ", e.what_without_backtrace()));
+}
+
 void genericKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
   const auto& schema = op.schema();
   const size_t nargs = schema.arguments().size();
@@ -381,7 +430,11 @@ void genericKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::ji
     // Host aliases carry no autograd history; skip the autograd layers on the GPU thread.
     at::AutoDispatchBelowADInplaceOrView belowAutograd;
     torch::jit::Stack hostStack = host;
-    op.callBoxed(hostStack);
+    try {
+      op.callBoxed(hostStack);
+    } catch (const c10::Error& e) {
+      throw kernelError(op, e); // the GPU error names the op (Note [Kernel errors])
+    }
     for (size_t i = 0; i < outputAliases.size(); ++i) {
       if (outputAliases[i].defined() && outputAliases[i].numel() > 0) {
         outputAliases[i].copy_(hostStack[i].toTensor());
@@ -428,7 +481,11 @@ void dataDependentKernel(const c10::OperatorHandle& op, c10::DispatchKeySet,
       [op, host = std::move(args.host), results] {
         at::AutoDispatchBelowADInplaceOrView belowAutograd;
         *results = host;
-        op.callBoxed(*results);
+        try {
+          op.callBoxed(*results);
+        } catch (const c10::Error& e) {
+          throw kernelError(op, e);
+        }
       },
       nullptr, ts::SyncType::COMMIT_AND_WAIT);
   torch::jit::drop(*stack, nargs);

@@ -78,7 +78,7 @@ at::Tensor copyFrom(const at::Tensor& self, const at::Tensor& dst, bool nonBlock
     at::Tensor staged = at::empty(dst.sizes(), dst.options().device(c10::DeviceType::CPU));
     staged.copy_(self);
     std::vector<ts::BufferUse> uses;
-    addUse(uses, dst, Access::Write);
+    addOverwrite(uses, dst); // every element of dst, read from the host
     encodeKernel(uses, [alias = hostAlias(dst), staged] { alias.copy_(staged); }, nullptr, wait);
     return dst;
   }
@@ -91,7 +91,7 @@ at::Tensor copyFrom(const at::Tensor& self, const at::Tensor& dst, bool nonBlock
   TORCH_CHECK(isSim(self) && isSim(dst), deviceError(self, dst));
   std::vector<ts::BufferUse> uses;
   addUse(uses, self, Access::Read);
-  addUse(uses, dst, Access::Write);
+  addOverwrite(uses, dst); // every element of dst; a self sharing its buffer is read above
   // A copy between overlapping parts of one storage (a[1:] = a[:-1]) is refused here, at the
   // call, as ATen refuses it on the CPU; the host aliases share one storage besides (Note [Host
   // aliases share storages]).

@@ -9,6 +9,7 @@
 
 #include <vector>
 
+#include "allocator.h"
 #include "encode.h"
 
 namespace mps_sim {
@@ -25,6 +26,36 @@ inline const void* bufferOf(const at::Tensor& t) {
 inline void addUse(std::vector<ts::BufferUse>& uses, const at::Tensor& t, ts::BufferUse::Access access) {
   if (isSim(t) && bufferOf(t) != nullptr) {
     uses.push_back({bufferOf(t), access});
+  }
+}
+
+// Note [Writes that cover their buffer]
+// Note [Overwriting a failed write] (aten_mps/stream.h) lets a write that covers its whole
+// buffer, reading none of it, run clean after a failed write of that buffer. The buffer the
+// runtime tracks is the allocator block; a tensor's writes cover it when they reach every byte
+// any tensor can read from the block: the view starts at the storage's first byte, its
+// elements are dense and non-overlapping (so they fill [0, numel * itemsize) exactly), that
+// range is the storage's nbytes, and the storage spans its block (it owns the block and its
+// nbytes are what the allocation asked for: the block's padding up to its bucket size is never
+// reachable). Anything else (a slice, a strided or expanded view, a storage that changed size
+// without a new block, memory the allocator did not hand out) is not covering: the safe
+// answer, since a wrong "covers" would make a lost write silent. Whether the op writes every
+// element of the view and reads none is the op's to say (kOverwritingOps in ops_generic.cpp,
+// copy_ in ops_memory.cpp); a read of the same buffer is its own BufferUse, which still
+// inherits the failure.
+inline bool coversItsBuffer(const at::Tensor& t) {
+  if (!isSim(t) || t.storage_offset() != 0 || t.numel() == 0 || !t.is_non_overlapping_and_dense()) {
+    return false;
+  }
+  const c10::Storage& storage = t.storage();
+  return static_cast<size_t>(t.numel()) * t.itemsize() == storage.nbytes() &&
+         storageSpansItsBlock(storage);
+}
+
+// A write of every element of `t` that reads none of them: covering if `t` covers its buffer.
+inline void addOverwrite(std::vector<ts::BufferUse>& uses, const at::Tensor& t) {
+  if (isSim(t) && bufferOf(t) != nullptr) {
+    uses.push_back({bufferOf(t), ts::BufferUse::Access::Write, coversItsBuffer(t)});
   }
 }
 
