@@ -280,7 +280,11 @@ def stream(s):
     try:
         yield s
     finally:
-        _C.set_current_stream(previous)
+        # In a fork() child, a block another parent thread was inside is closed by the child's
+        # garbage collection; nothing of the device is usable there (Note [Device use after
+        # fork]), so there is nothing to restore, and raising would only print noise at exit.
+        if not _C._is_in_bad_fork():
+            _C.set_current_stream(previous)
 
 
 StreamContext = stream
