@@ -151,8 +151,15 @@ at::Tensor nonzero(const at::Tensor& self) {
   return out;
 }
 
-// The stream now also uses the buffer: a later free waits for that stream's work
-// (PendingFrees), and a later write on another stream waits for it (useBuffers).
+// Note [record_stream records, it does not encode]
+// As torch.cuda's: the stream now also uses the buffer, so a later free waits for the work
+// that stream has been given so far (PendingFrees), and a later write on another stream waits
+// for it (the tracker's read set). It is recorded in the tracker only, in the batch of the
+// stream's latest work, as the c10 guard's recordDataPtrOnStream does in the patch (0004).
+// It used to be a read encoded on that stream (useBuffers), which put a GPU wait for the
+// buffer's last write into the stream's open batch: work nobody would ever commit, so a
+// single thread's record_stream left the device "in flight" and set_threadsafe refused to
+// switch. An op that later reads the buffer on that stream orders itself, as every op does.
 void recordStream(at::Tensor& self, at::Stream s) {
   TORCH_CHECK(isSim(self), "mps_sim: record_stream needs an mps_sim tensor");
   TORCH_CHECK(s.device_type() == c10::DeviceType::PrivateUse1, "mps_sim: record_stream got a ",
@@ -160,7 +167,13 @@ void recordStream(at::Tensor& self, at::Stream s) {
   ts::Stream& stream = runtime().stream(static_cast<int>(s.id()));
   std::vector<ts::BufferUse> uses;
   addUse(uses, self, Access::Read);
-  stream.dispatch([&] { stream.useBuffers(uses.data(), uses.size()); });
+  // One load: the batch that holds the stream's latest work (issue 8.5); 0: it has done
+  // nothing yet, so nothing of it can still be using the buffer.
+  const uint64_t batch = stream.batchOfLatestWork();
+  if (uses.empty() || batch == 0) {
+    return;
+  }
+  runtime().bufferUses().record(stream, uses.data(), uses.size(), batch);
 }
 
 at::Tensor& setStorage(at::Tensor& self, at::Storage source, int64_t offset,
