@@ -6,6 +6,9 @@
 #include <ATen/MemoryOverlap.h>
 #include <ATen/ops/_reshape_alias_native.h>
 #include <ATen/ops/as_strided_native.h>
+#include <ATen/ops/unfold_native.h>
+#include <ATen/ops/view_as_complex_native.h>
+#include <ATen/ops/view_as_real_native.h>
 #include <ATen/ops/view_native.h>
 #include <torch/library.h>
 
@@ -252,7 +255,7 @@ void resizeSim(const at::Tensor& self, c10::IntArrayRef size,
 const std::vector<std::string>& specialOps() {
   static const std::vector<std::string> names = {
       "aten::empty.memory_format", "aten::empty_strided", "aten::as_strided", "aten::view",
-      "aten::_reshape_alias", "aten::_copy_from", "aten::_copy_from_and_resize", "aten::resize_",
+      "aten::_reshape_alias", "aten::unfold", "aten::view_as_real", "aten::view_as_complex", "aten::_copy_from", "aten::_copy_from_and_resize", "aten::resize_",
       "aten::_local_scalar_dense", "aten::nonzero", "aten::record_stream",
       "aten::set_.source_Storage", "aten::set_.source_Storage_storage_offset",
       "aten::set_.source_Tensor", "aten::set_", "aten::_transformer_encoder_layer_fwd",
@@ -266,6 +269,12 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   m.impl("as_strided", TORCH_FN(at::native::as_strided_tensorimpl));
   m.impl("view", TORCH_FN(at::native::view));
   m.impl("_reshape_alias", TORCH_FN(at::native::_reshape_alias));
+  // Views compute sizes and strides only (ATen's device-generic kernels, as MPS registers
+  // them): no data is touched, so nothing is encoded; the ops that later read the view go
+  // through the stream and the tracker with the view's storage.
+  m.impl("unfold", TORCH_FN(at::native::unfold));
+  m.impl("view_as_real", TORCH_FN(at::native::view_as_real));
+  m.impl("view_as_complex", TORCH_FN(at::native::view_as_complex));
   m.impl("_copy_from", TORCH_FN(copyFrom));
   m.impl("_copy_from_and_resize", TORCH_FN(copyFromAndResize));
   m.impl("resize_", TORCH_FN(resize));
