@@ -1,5 +1,7 @@
 #include "runtime.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <string>
 
@@ -13,6 +15,18 @@ namespace at::mps::threadsafe {
 namespace {
 
 std::atomic<uint64_t> nextRuntimeSerial{1};
+
+// Note [Abandoned after fork]: set in the child of a fork() taken after a runtime was created.
+std::atomic<bool> forkedChild{false};
+
+void markForkedChild() {
+  forkedChild.store(true, std::memory_order_relaxed); // an atomic store: safe in the child
+}
+
+void registerForkHandler() {
+  static std::once_flag registered;
+  std::call_once(registered, [] { pthread_atfork(nullptr, nullptr, &markForkedChild); });
+}
 
 // What one thread holds of one runtime: its explicit stream (a stream guard) and the pool
 // stream the thread policy bound it to (Note [Thread policy]).
@@ -43,6 +57,9 @@ struct ThreadBindings {
 
   ~ThreadBindings() {
     tlsBindingsGone = true;
+    if (abandonedAfterFork()) {
+      return; // a forked child: the parent's streams and locks are not ours to touch
+    }
     for (ThreadBinding& binding : list) {
       if (binding.bound == nullptr && binding.workedOn.empty()) {
         continue;
@@ -91,6 +108,10 @@ thread_local ThreadBindings tlsBindings;
 
 } // namespace
 
+bool abandonedAfterFork() noexcept {
+  return forkedChild.load(std::memory_order_relaxed);
+}
+
 Runtime::Runtime(std::unique_ptr<Device> device, RuntimeOptions options)
     : device_(std::move(device)),
       poolSize_(options.poolSize),
@@ -109,9 +130,13 @@ Runtime::Runtime(std::unique_ptr<Device> device, RuntimeOptions options)
                           std::to_string(options.poolSize));
   }
   life_->runtime = this;
+  registerForkHandler(); // Note [Abandoned after fork]
 }
 
 Runtime::~Runtime() {
+  if (abandonedAfterFork()) {
+    return; // leaked: its streams and locks are the parent's (Note [Abandoned after fork])
+  }
   {
     std::lock_guard<std::mutex> lock(life_->mutex);
     life_->runtime = nullptr; // threads exiting from now on give nothing back
@@ -259,6 +284,9 @@ void Runtime::noteThreadWorkedOn(Stream& stream) {
 }
 
 void Runtime::releaseThreadStream() {
+  if (abandonedAfterFork()) {
+    return; // Note [Abandoned after fork]
+  }
   ThreadBinding& binding = tlsBindings.of(serial_, life_);
   if (binding.bound != nullptr) {
     Stream* stream = binding.bound;
@@ -268,6 +296,9 @@ void Runtime::releaseThreadStream() {
 }
 
 void Runtime::unbind(Stream& stream) noexcept {
+  if (abandonedAfterFork()) {
+    return; // Note [Abandoned after fork]
+  }
   racePoint(SchedulePoint::ThreadUnbind);
   try {
     // The thread's open batch is committed, never dropped; a GPU error in it is reported by

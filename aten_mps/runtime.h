@@ -45,6 +45,20 @@
 // mistake a reviewer caught in CTranslate2's MPS backend): the encoder lease only exists
 // inside the queue, and the queue is ours only when nobody else is in it.
 //
+// Note [Abandoned after fork]
+// fork() copies only the calling thread. In the child of a process that created a runtime, any
+// mutex or serial queue another thread of the parent held at the fork stays held forever, and
+// the GPU / completion threads that would finish submitted work do not exist. The device's
+// entry points refuse every use there (mps_sim's fork.cpp, torch.mps's Note [MPS after
+// fork]); but a child that exits normally (exit(), the interpreter's shutdown) still runs the
+// runtime's own teardown: the exiting thread's thread_local bindings give its streams back
+// (entering their queues, taking the runtime's locks) and static destructors run. Each of
+// those could wait forever on a lock a parent thread held. So the first Runtime of a process
+// registers a pthread_atfork child handler that only sets a flag (the one thing safe to do in
+// the child of a threaded process), and every teardown path — thread exit, unbind, the
+// runtime's destructor — returns at once when it is set: the parent's state is abandoned, not
+// repaired. A fork before any runtime exists registers nothing and abandons nothing.
+
 // Note [Runtime lifetime]
 // The process-wide runtime (the torch device's) is created once and deliberately leaked, like
 // c10's CUDA stream pool: no destructor may run during static destruction while GPU or
@@ -77,6 +91,10 @@ struct RuntimeOptions {
   // Upstream's _enableCommitAndContinue: SyncType::COMMIT keeps the MPSCommandBuffer open.
   bool commitAndContinue = true;
 };
+
+// Whether this process is the child of a fork() taken after a runtime was created (Note
+// [Abandoned after fork]).
+bool abandonedAfterFork() noexcept;
 
 // Builds its streams with a StreamContext it owns, and answers their thread-policy questions
 // (Note [A stream knows its context, not its runtime]). Final: it is never a base, and a class

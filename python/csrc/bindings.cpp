@@ -184,10 +184,26 @@ std::unique_ptr<ts::TestHookScope>& testHookScope() {
   return *scope;
 }
 
+// The barrier last set, so a test can see how many threads are parked at it.
+std::shared_ptr<TestBarrier>& currentTestBarrier() {
+  static auto* barrier = new std::shared_ptr<TestBarrier>();
+  return *barrier;
+}
+
+int testBarrierArrivals() {
+  const std::shared_ptr<TestBarrier> barrier = currentTestBarrier();
+  if (!barrier) {
+    return 0;
+  }
+  std::lock_guard<std::mutex> lock(barrier->mutex);
+  return barrier->arrived;
+}
+
 void setTestBarrier(const std::string& pointName, int parties) {
   auto barrier = std::make_shared<TestBarrier>();
   barrier->point = parseTestHook(pointName);
   barrier->parties = parties;
+  currentTestBarrier() = barrier;
   testHookScope().reset();
   testHookScope() = std::make_unique<ts::TestHookScope>([barrier](ts::TestHook point, ts::Stream*) {
     if (point != barrier->point) {
@@ -294,5 +310,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("implemented_ops", &implementedOps);
   m.def("_set_test_barrier", &setTestBarrier, py::arg("point"), py::arg("parties"),
         "Test only: the first `parties` threads reaching `point` wait for each other there.");
+  m.def("_test_barrier_arrivals", &testBarrierArrivals,
+        "Test only: how many threads have reached the test barrier's point so far.");
   m.def("_clear_test_hook", [] { testHookScope().reset(); });
 }

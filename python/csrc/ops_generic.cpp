@@ -555,6 +555,9 @@ constexpr const char* kGenericOps[] = {
     "logical_and_", "logical_or_", "ceil", "floor", "round", "trunc", "nan_to_num", "nan_to_num_",
     "nan_to_num.out", "sort.stable", "scatter_add", "scatter_add_", "scatter.src", "scatter_.src",
     "scatter.value", "scatter_.value", "exp2", "log2", "log1p", "expm1",
+    // floor division (a // b), clamp with tensor bounds, and out= variants users call
+    "floor_divide", "floor_divide_.Tensor", "floor_divide.out", "clamp.Tensor", "clamp_.Tensor",
+    "clamp.Tensor_out", "clamp.out", "mm.out", "sum.IntList_out", "cumsum.out", "cumsum_",
     // losses
     "nll_loss_forward", "nll_loss_backward", "mse_loss", "mse_loss_backward",
     // backward kernels of the ops above (autograd runs them on the device's worker thread)

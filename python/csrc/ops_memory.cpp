@@ -6,6 +6,9 @@
 #include <ATen/MemoryOverlap.h>
 #include <ATen/ops/_reshape_alias_native.h>
 #include <ATen/ops/as_strided_native.h>
+#include <ATen/ops/unfold_native.h>
+#include <ATen/ops/view_as_complex_native.h>
+#include <ATen/ops/view_as_real_native.h>
 #include <ATen/ops/view_native.h>
 #include <torch/library.h>
 
@@ -151,8 +154,15 @@ at::Tensor nonzero(const at::Tensor& self) {
   return out;
 }
 
-// The stream now also uses the buffer: a later free waits for that stream's work
-// (PendingFrees), and a later write on another stream waits for it (useBuffers).
+// Note [record_stream records, it does not encode]
+// As torch.cuda's: the stream now also uses the buffer, so a later free waits for the work
+// that stream has been given so far (PendingFrees), and a later write on another stream waits
+// for it (the tracker's read set). It is recorded in the tracker only, in the batch of the
+// stream's latest work, as the c10 guard's recordDataPtrOnStream does in the patch (0004).
+// It used to be a read encoded on that stream (useBuffers), which put a GPU wait for the
+// buffer's last write into the stream's open batch: work nobody would ever commit, so a
+// single thread's record_stream left the device "in flight" and set_threadsafe refused to
+// switch. An op that later reads the buffer on that stream orders itself, as every op does.
 void recordStream(at::Tensor& self, at::Stream s) {
   TORCH_CHECK(isSim(self), "mps_sim: record_stream needs an mps_sim tensor");
   TORCH_CHECK(s.device_type() == c10::DeviceType::PrivateUse1, "mps_sim: record_stream got a ",
@@ -160,7 +170,13 @@ void recordStream(at::Tensor& self, at::Stream s) {
   ts::Stream& stream = runtime().stream(static_cast<int>(s.id()));
   std::vector<ts::BufferUse> uses;
   addUse(uses, self, Access::Read);
-  stream.dispatch([&] { stream.useBuffers(uses.data(), uses.size()); });
+  // One load: the batch that holds the stream's latest work (issue 8.5); 0: it has done
+  // nothing yet, so nothing of it can still be using the buffer.
+  const uint64_t batch = stream.batchOfLatestWork();
+  if (uses.empty() || batch == 0) {
+    return;
+  }
+  runtime().bufferUses().record(stream, uses.data(), uses.size(), batch);
 }
 
 at::Tensor& setStorage(at::Tensor& self, at::Storage source, int64_t offset,
@@ -239,7 +255,7 @@ void resizeSim(const at::Tensor& self, c10::IntArrayRef size,
 const std::vector<std::string>& specialOps() {
   static const std::vector<std::string> names = {
       "aten::empty.memory_format", "aten::empty_strided", "aten::as_strided", "aten::view",
-      "aten::_reshape_alias", "aten::_copy_from", "aten::_copy_from_and_resize", "aten::resize_",
+      "aten::_reshape_alias", "aten::unfold", "aten::view_as_real", "aten::view_as_complex", "aten::_copy_from", "aten::_copy_from_and_resize", "aten::resize_",
       "aten::_local_scalar_dense", "aten::nonzero", "aten::record_stream",
       "aten::set_.source_Storage", "aten::set_.source_Storage_storage_offset",
       "aten::set_.source_Tensor", "aten::set_", "aten::_transformer_encoder_layer_fwd",
@@ -253,6 +269,12 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   m.impl("as_strided", TORCH_FN(at::native::as_strided_tensorimpl));
   m.impl("view", TORCH_FN(at::native::view));
   m.impl("_reshape_alias", TORCH_FN(at::native::_reshape_alias));
+  // Views compute sizes and strides only (ATen's device-generic kernels, as MPS registers
+  // them): no data is touched, so nothing is encoded; the ops that later read the view go
+  // through the stream and the tracker with the view's storage.
+  m.impl("unfold", TORCH_FN(at::native::unfold));
+  m.impl("view_as_real", TORCH_FN(at::native::view_as_real));
+  m.impl("view_as_complex", TORCH_FN(at::native::view_as_complex));
   m.impl("_copy_from", TORCH_FN(copyFrom));
   m.impl("_copy_from_and_resize", TORCH_FN(copyFromAndResize));
   m.impl("resize_", TORCH_FN(resize));

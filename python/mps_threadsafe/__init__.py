@@ -14,6 +14,7 @@ import torch
 
 from . import _C
 from . import mps_sim as _mps_sim_module
+from . import serialization as _serialization
 from .mps_sim import (  # noqa: F401  (re-exported)
     WorkInFlightError,
     set_protections,
@@ -41,6 +42,7 @@ def register():
     torch._register_device_module("mps_sim", _mps_sim_module)
     torch.utils.generate_methods_for_privateuse1_backend(
         for_tensor=True, for_module=True, for_packed_sequence=True, for_storage=True)
+    _serialization.register()  # Note [Loading mps_sim storages]
 
 
 register()

@@ -14,6 +14,12 @@ import sys
 
 PROG = "python -m mps_threadsafe"
 DEVICES = ("mps_sim", "mps", "cpu")
+# `stats` is a short look at the counters, not a load test (that is `stress`): its sizes are
+# bounded so a typo (--threads 100000) cannot start a run that never ends or exhausts memory.
+STATS_MAX_THREADS = 256
+STATS_THREADS_WHY = "stats runs a short workload; the pool has 32 streams; use stress for load"
+STATS_MAX_ITERATIONS = 100_000
+STATS_ITERATIONS_WHY = "stats runs a short workload; use stress for long runs"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -52,6 +58,16 @@ def positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: must be 1 or more")
     return value
+
+
+def int_up_to(maximum, why):
+    """A whole number from 1 to `maximum`; `why` says where the bound comes from."""
+    def parse(text):
+        value = positive_int(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"{value:,}: at most {maximum:,} ({why})")
+        return value
+    return parse
 
 
 def positive_seconds(text):
@@ -185,10 +201,13 @@ def build_parser():
                     "threadsafe_stats() as a short summary (docs/stats.md explains every key).")
     stats.add_argument("--model", choices=ALL_MODELS, default="linear",
                        help="the model (default linear)")
-    stats.add_argument("--threads", type=positive_int, default=4, metavar="N",
-                       help="threads (default 4)")
-    stats.add_argument("--iterations", type=positive_int, default=10, metavar="K",
-                       help="iterations per thread (default 10)")
+    stats.set_defaults(command_parser=stats)
+    stats.add_argument("--threads", type=int_up_to(STATS_MAX_THREADS, STATS_THREADS_WHY),
+                       default=4, metavar="N",
+                       help=f"threads (default 4, at most {STATS_MAX_THREADS})")
+    stats.add_argument("--iterations", type=int_up_to(STATS_MAX_ITERATIONS, STATS_ITERATIONS_WHY),
+                       default=10, metavar="K",
+                       help=f"iterations per thread (default 10, at most {STATS_MAX_ITERATIONS:,})")
     stats.add_argument("--json", metavar="PATH", type=writable_file,
                        help="also write the raw threadsafe_stats() dict")
     return parser
@@ -205,7 +224,12 @@ def main(argv=None):
         from .suites import rounds
         return rounds.child_main(argv[1])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Said by the command's own parser, so the message names the command whose --help lists
+        # what it takes (parse_args would report it as the top-level program's error).
+        getattr(args, "command_parser", parser).error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     if args.suite == "stats":
         from .suites import stats
         return stats.main(args)

@@ -15,6 +15,7 @@ Note [What "off" means]
 """
 
 import contextlib
+import operator
 import os
 import threading
 
@@ -79,10 +80,31 @@ def get_amp_supported_dtype():
 
 
 # ---- thread safety --------------------------------------------------------------------------
+def _require_bool(name, value):
+    # As torch's own switches (torch.use_deterministic_algorithms): bool("False") is True, so
+    # anything but a bool is refused rather than converted.
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} "
+                        f"{value!r}")
+    return value
+
+
+def _require_microseconds(name, value, maximum):
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a whole number of microseconds, got "
+                        f"{type(value).__name__} {value!r}") from None
+    if not 0 <= value <= maximum:
+        raise ValueError(f"{name} must be from 0 to {maximum:,} microseconds, got {value:,}")
+    return value
+
+
 def set_threadsafe(on=True):
     """Switches the thread policy (Note [Thread policy] in aten_mps/runtime.h). Raises
-    WorkInFlightError (a RuntimeError) while another thread has uncommitted work."""
-    _C.set_threadsafe(bool(on))
+    WorkInFlightError (a RuntimeError) while another thread has uncommitted work, TypeError
+    for anything but a bool."""
+    _C.set_threadsafe(_require_bool("set_threadsafe(on)", on))
 
 
 def is_threadsafe():
@@ -98,13 +120,13 @@ def set_protections(on=True, *, serial_queue=None, domains=None, cross_stream_or
                     deferred_frees=None):
     """All protections on (default) or off; keywords override single ones. Off is the
     deliberately unsafe mode (Note [What "off" means])."""
-    flags = {name: bool(on) for name in
+    flags = {name: _require_bool("set_protections(on)", on) for name in
              ("serial_queue", "domains", "cross_stream_order", "deferred_frees")}
     for name, value in (("serial_queue", serial_queue), ("domains", domains),
                         ("cross_stream_order", cross_stream_order),
                         ("deferred_frees", deferred_frees)):
         if value is not None:
-            flags[name] = bool(value)
+            flags[name] = _require_bool(f"set_protections({name})", value)
     _C.set_protections(**flags)
 
 
@@ -129,16 +151,25 @@ def clear_violations():
     _C.clear_violations()
 
 
+# At most 10 s, as MPS_SIM_RACE_WINDOW_US: a race window holds a thread inside a sim object.
+_MAX_RACE_WINDOW_US = 10_000_000
+# The sim keeps a meeting's timeout in 32 bits (about 71 minutes).
+_MAX_RACE_MEETING_US = 2**32 - 1
+
+
 def set_race_window(point, microseconds):
-    """Linger at a sim race point ('encoder', 'command_buffer', 'shared_object')."""
-    _C.set_race_window(point, int(microseconds))
+    """Linger at a sim race point ('encoder', 'command_buffer', 'shared_object') for
+    `microseconds` (0: off; at most 10 s)."""
+    _C.set_race_window(point, _require_microseconds("set_race_window(microseconds)",
+                                                    microseconds, _MAX_RACE_WINDOW_US))
 
 
 def set_race_meeting(point, timeout_us):
     """Makes races at a sim race point certain: a thread inside an object there stays inside
     until another thread tries that object, for at most `timeout_us` (0: off). Note [Race
     meetings] in aten_mps/sim/inside.cpp."""
-    _C.set_race_meeting(point, int(timeout_us))
+    _C.set_race_meeting(point, _require_microseconds("set_race_meeting(timeout_us)", timeout_us,
+                                                     _MAX_RACE_MEETING_US))
 
 
 def synchronize(device=None):
@@ -174,8 +205,8 @@ class Stream(torch.Stream):
     fixed (Note [Stream ids] in aten_mps/runtime.h)."""
 
     def __new__(cls, device=None, priority=0, *, stream_id=None):
-        if device is not None and torch.device(device).type != _DEVICE_TYPE:
-            raise ValueError(f"mps_sim.Stream needs an mps_sim device, got {device}")
+        if device is not None:
+            _check_device(device)
         if stream_id is not None:
             if not 0 <= int(stream_id) <= _C.pool_size():
                 raise ValueError(f"mps_sim has streams 0..{_C.pool_size()}, got {stream_id}")
@@ -224,6 +255,20 @@ class Event(torch.Event):
 
     def wait(self, stream=None):
         super().wait(current_stream() if stream is None else _check_stream(stream))
+
+
+def _check_device(device):
+    """mps_sim:0 (or mps_sim, or index 0); ValueError for another device type, RuntimeError
+    for another index, as the device's guard and allocator refuse mps_sim:1."""
+    if isinstance(device, int):
+        device = torch.device(_DEVICE_TYPE, device)
+    device = torch.device(device)
+    if device.type != _DEVICE_TYPE:
+        raise ValueError(f"mps_sim.Stream needs an mps_sim device, got {device}")
+    if device.index not in (None, 0):
+        raise RuntimeError(f"mps_sim: device index {device.index} is out of range: the sim has "
+                           "one device (mps_sim:0)")
+    return device
 
 
 _thread_state = threading.local()
@@ -280,7 +325,11 @@ def stream(s):
     try:
         yield s
     finally:
-        _C.set_current_stream(previous)
+        # In a fork() child, a block another parent thread was inside is closed by the child's
+        # garbage collection; nothing of the device is usable there (Note [Device use after
+        # fork]), so there is nothing to restore, and raising would only print noise at exit.
+        if not _C._is_in_bad_fork():
+            _C.set_current_stream(previous)
 
 
 StreamContext = stream

@@ -36,7 +36,13 @@ BAD_ARGUMENTS = [
     (["nosuch"], "invalid choice: 'nosuch'"),
     ([], "the following arguments are required: COMMAND"),
     (["stats", "--threads", "0"], "must be 1 or more"),
+    (["stats", "--threads", "100000000"], "at most 256"),
+    (["stats", "--iterations", "10000000000"], "at most 100,000"),
+    (["stats", "--bogus"], "unrecognized arguments: --bogus"),
+    (["stress", "--bogus", "1"], "unrecognized arguments: --bogus 1"),
+    (["bench", "--threads", "2", "extra"], "unrecognized arguments: extra"),
 ]
+COMMANDS = ("story", "bench", "stress", "stats")
 
 
 def run_main(args, capsys):
@@ -58,7 +64,12 @@ def test_bad_argument_is_one_line_and_exit_2(args, reason, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert reason in lines[0], lines[0]
-    assert lines[0].startswith("python -m mps_threadsafe")
+    # A command's error is said by that command's parser, so it points to the --help that
+    # lists what the command takes.
+    command = args[0] if args and args[0] in COMMANDS else None
+    prog = f"python -m mps_threadsafe {command}" if command else "python -m mps_threadsafe"
+    assert lines[0].startswith(f"{prog}: error: "), lines[0]
+    assert lines[0].endswith(f"(see {prog} --help)"), lines[0]
 
 
 @pytest.mark.parametrize("args", [["bench", "--threads", "0"], ["stress", "--duration", "0"],

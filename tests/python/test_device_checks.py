@@ -69,3 +69,45 @@ def test_device_index_out_of_range_is_refused(target):
     with pytest.raises(RuntimeError, match="out of range|one device"):
         torch.zeros(2, device=DEVICE).to(target)
     assert torch.randn(2).to("mps_sim:0").device == torch.device(DEVICE, 0)
+
+
+@pytest.mark.parametrize("device", ["mps_sim:1", torch.device("mps_sim", 3), 1])
+def test_stream_on_a_missing_device_index_is_refused(device):
+    # As torch.Stream(device="mps_sim:1") and torch.empty(device="mps_sim:1") refuse it; the
+    # device module's Stream used to hand out a stream of mps_sim:0 instead.
+    with pytest.raises(RuntimeError, match="device index .* out of range.*one device"):
+        torch.mps_sim.Stream(device=device)
+    with pytest.raises(ValueError, match="needs an mps_sim device"):
+        torch.mps_sim.Stream(device="cpu")
+    for good in ("mps_sim", "mps_sim:0", torch.device("mps_sim", 0), 0):
+        assert torch.mps_sim.Stream(device=good).device == torch.device(DEVICE, 0)
+
+
+@pytest.mark.parametrize("value", ["False", "", 0, 1, None, 1.0, torch.tensor(False)])
+def test_switches_take_only_a_bool(value):
+    # bool("False") is True: a string used to turn thread safety on.
+    before = torch.mps_sim.is_threadsafe()
+    with pytest.raises(TypeError, match="must be a bool"):
+        torch.mps_sim.set_threadsafe(value)
+    assert torch.mps_sim.is_threadsafe() is before
+    with pytest.raises(TypeError, match="must be a bool"):
+        torch.mps_sim.set_protections(value)
+    if value is not None:  # a keyword left None means "as `on`"
+        with pytest.raises(TypeError, match="must be a bool"):
+            torch.mps_sim.set_protections(True, domains=value)
+    assert all(torch.mps_sim.protections().values())
+
+
+@pytest.mark.parametrize("setter,value,error,message", [
+    ("set_race_window", -1, ValueError, "from 0 to 10,000,000 microseconds, got -1"),
+    ("set_race_window", 10_000_001, ValueError, "from 0 to 10,000,000 microseconds"),
+    ("set_race_window", 2**40, ValueError, "from 0 to 10,000,000 microseconds"),
+    ("set_race_window", 1.5, TypeError, "whole number of microseconds"),
+    ("set_race_window", "100", TypeError, "whole number of microseconds"),
+    ("set_race_meeting", -5, ValueError, "from 0 to 4,294,967,295 microseconds"),
+    ("set_race_meeting", 2**32, ValueError, "from 0 to 4,294,967,295 microseconds"),
+])
+def test_race_knobs_refuse_out_of_range_values_clearly(setter, value, error, message):
+    with pytest.raises(error, match=message):
+        getattr(torch.mps_sim, setter)("encoder", value)
+    getattr(torch.mps_sim, setter)("encoder", 0)  # in range: accepted (and off)

@@ -216,3 +216,72 @@ def test_spawn_pool_uses_the_device_in_every_worker(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ("RESULTS [(0.0, False), (200.0, False), (400.0, False), (600.0, False)]"
             in proc.stdout), proc.stdout
+
+
+# Note [Abandoned after fork] (aten_mps/runtime.h): a child that exits normally runs the
+# runtime's teardown (the main thread's thread_local bindings give its stream back). Here a
+# parent thread is parked inside the main thread's stream queue at the fork (the test barrier
+# at buffer_uses_before_waits, reached with the queue held), so that queue is locked forever
+# in the child: giving the stream back there would wait for it and never exit.
+FORK_WHILE_A_THREAD_HOLDS_THE_QUEUE = """
+    import os, signal, sys, threading, time, torch, mps_threadsafe
+    import mps_threadsafe._C as _C
+    torch.mps_sim.set_threadsafe(True)
+    x = torch.ones(1024, device="mps_sim") * 2
+    x.cpu()
+    mine = torch.mps_sim.current_stream()  # the pool stream bound to the main thread
+    _C._set_test_barrier("buffer_uses_before_waits", 2)
+
+    def hold_the_queue():  # encodes on the main thread's stream; parks inside its queue
+        with mine:
+            x + 1
+
+    holder = threading.Thread(target=hold_the_queue)
+    holder.start()
+    deadline = time.monotonic() + 60
+    while _C._test_barrier_arrivals() < 1:  # the holder is inside the queue now
+        assert time.monotonic() < deadline, "the holder never reached the barrier"
+        time.sleep(0.001)
+    pid = os.fork()
+    if pid == 0:
+        ok = torch.mps_sim._is_in_bad_fork()
+        try:
+            torch.ones(2, device="mps_sim")
+            ok = False
+        except RuntimeError as e:
+            ok = ok and "Cannot re-initialize mps_sim in forked subprocess" in str(e)
+        sys.exit(0 if ok else 4)  # normal exit: thread_local and static teardown run
+    status = "hung"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, raw = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = os.waitstatus_to_exitcode(raw)
+            break
+        time.sleep(0.01)
+    if status == "hung":
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+    def release_the_holder():  # the barrier's second party, on a stream of its own
+        with torch.mps_sim.Stream(stream_id=mine.stream_id % _C.pool_size() + 1):
+            x * 3
+
+    releaser = threading.Thread(target=release_the_holder)
+    releaser.start()
+    releaser.join(60)
+    holder.join(60)
+    _C._clear_test_hook()
+    print("CHILD", status)
+    print("PARENT", (x + 1).cpu()[:2].tolist())
+"""
+
+
+def test_child_exits_normally_while_a_parent_thread_held_its_stream_queue():
+    proc = run_python(FORK_WHILE_A_THREAD_HOLDS_THE_QUEUE, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "CHILD 0" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert "PARENT [3.0, 3.0]" in proc.stdout, proc.stdout
+    # The child's teardown is quiet: the holder's stream block, closed by the child's garbage
+    # collection, restores nothing.
+    assert "Exception ignored" not in proc.stderr, proc.stderr

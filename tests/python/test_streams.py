@@ -133,6 +133,31 @@ def test_record_stream_test_fails_without_deferred_frees():
     assert after["deferred_frees"] == before["deferred_frees"]
 
 
+@pytest.mark.parametrize("start", [False, True], ids=["switch_on", "switch_off"])
+def test_record_stream_leaves_a_quiescent_device_free_to_switch(start):
+    # Note [record_stream records, it does not encode] (python/csrc/ops_memory.cpp): one
+    # thread, no other work anywhere. record_stream used to encode a wait into `other`'s open
+    # batch, which nobody commits, and set_threadsafe then refused ("work in flight").
+    torch.mps_sim.set_threadsafe(start)
+    other = torch.mps_sim.Stream()
+    t = torch.arange(1000, dtype=torch.float32, device=DEVICE) * 2
+    t.record_stream(other)
+    assert torch.equal(t.cpu(), torch.arange(1000, dtype=torch.float32) * 2)
+    assert other.query()
+    torch.mps_sim.set_threadsafe(not start)  # raised WorkInFlightError
+    assert torch.mps_sim.is_threadsafe() is (not start)
+    # Also after the stream has done work, and with the tensor still pending on ours.
+    with torch.mps_sim.stream(other):
+        u = t + 1
+    torch.mps_sim.synchronize()
+    v = t * 3
+    t.record_stream(other)
+    u.record_stream(other)
+    torch.mps_sim.set_threadsafe(start)
+    assert torch.equal(v.cpu(), torch.arange(1000, dtype=torch.float32) * 6)
+    assert torch.equal(u.cpu(), torch.arange(1000, dtype=torch.float32) * 2 + 1)
+
+
 def test_stream_of_another_device_is_refused():
     with pytest.raises((ValueError, RuntimeError), match="mps_sim"):
         torch.mps_sim.set_stream(torch.Stream(device="cpu"))
