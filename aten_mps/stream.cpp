@@ -420,8 +420,13 @@ bool Stream::carriesLocked(uint64_t failed, uint64_t batch, FailureScope scope) 
       return failed == batch || sharesUntoldLocked(failed, batch);
     case FailureScope::Event:
       return failed == batch || liveLocked(failed);
-    case FailureScope::Synchronize:
-      return !settledLocked(failed);
+    case FailureScope::Synchronize: {
+      // At most once to each thread (Note [GPU errors belong to batches]: "told" is per
+      // thread): a participant that is never told (an autograd engine worker, a thread that
+      // idles) would otherwise make every synchronize of every thread raise it again.
+      auto told = toldUpTo_.find(thisThreadToken());
+      return !settledLocked(failed) && (told == toldUpTo_.end() || told->second < failed);
+    }
   }
   return true;
 }

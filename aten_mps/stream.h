@@ -97,8 +97,11 @@
 //     tracker (useBuffers) are exact; only a read ordered by an event or a stream wait,
 //     bypassing the tracker, needs this breadth;
 //   * device and stream synchronize, COMMIT_AND_WAIT (Synchronize): the unsettled failures
-//     (above), so a failure does not stay sticky for everyone once its threads were told or
-//     left.
+//     (above) the calling thread was not yet told of, so a failure does not stay sticky for
+//     everyone once its threads were told or left, nor for a thread that was told while
+//     another participant never is (the autograd engine's worker thread encodes backward
+//     kernels into the caller's batch and never synchronizes: before, every synchronize of
+//     every thread raised its failure until the stream forgot the batch, 1024 batches on).
 // - A participant that gives the stream back untold hands the failure to the next
 //   device-wide synchronize, exactly once (orphaned errors; like CUDA's asynchronous errors,
 //   reported by the next synchronize), never to the next owner of the pool stream: nobody

@@ -448,3 +448,50 @@ TEST_CASE("gpu errors: the next owner of a pool stream that waits for the failed
 }
 
 } // namespace mpsts_test
+
+namespace mpsts_test {
+
+// Hostile review: a participant of a failed batch that is never told (the autograd engine's
+// worker encodes backward kernels into the caller's batch and never synchronizes) made every
+// synchronize of every thread raise the failure again, until the stream forgot the batch
+// 1024 batches later: one GPU error bricked a training loop. A synchronize now raises each
+// unsettled failure at most once to each thread.
+TEST_CASE("gpu errors: a synchronize raises a failure once per thread even while another "
+          "participant is never told",
+          "[errors][issue8]") {
+  RuntimeOptions options;
+  options.threadsafe = false; // every thread on the default stream, one shared batch
+  SimRuntime env(options);
+  Stream& shared = env.rt().currentStream();
+  shared.dispatch([&] {
+    encodeKernel(shared, [] { throw std::runtime_error("index 100 out of range"); });
+  });
+  std::promise<void> workerEncoded;
+  std::promise<void> release;
+  ThreadGroup worker; // stays alive, untold, until the end
+  worker.spawn([&] {
+    Stream& mine = env.rt().currentStream();
+    mine.dispatch([&] { encodeKernel(mine, [] {}); }); // the same open batch
+    workerEncoded.set_value();
+    release.get_future().wait();
+  });
+  workerEncoded.get_future().wait();
+  // Told once, on this thread.
+  REQUIRE_THROWS_WITH(shared.dispatch([&] { shared.synchronize(SyncType::COMMIT_AND_WAIT); }),
+                      Contains("index 100 out of range"));
+  // Later work of this thread is clean (before the fix: raised again, and again).
+  for (int round = 0; round < 3; ++round) {
+    CHECK_NOTHROW(runKernel(shared, [] {}, SyncType::COMMIT_AND_WAIT));
+    CHECK_NOTHROW(env.rt().synchronizeDevice());
+  }
+  // Another thread was never told: its device synchronize raises it once, then never again.
+  onThread([&] {
+    CHECK_THROWS_WITH(env.rt().synchronizeDevice(), Contains("index 100 out of range"));
+    CHECK_NOTHROW(env.rt().synchronizeDevice());
+    CHECK_NOTHROW(env.rt().synchronizeDevice());
+  });
+  release.set_value();
+  worker.joinAndRethrow();
+}
+
+} // namespace mpsts_test
