@@ -10,6 +10,7 @@
 #include "allocator.h"
 #include "errors.h"
 #include "fork.h"
+#include "guard.h"
 #include "ops.h"
 #include "runtime_access.h"
 #include "test_hooks.h"
@@ -272,7 +273,7 @@ PYBIND11_MODULE(_C, m) {
     return s ? s->id() : -1;
   });
   m.def("set_current_stream", [](int id) {
-    runtime().setCurrentStream(id < 0 ? nullptr : &runtime().stream(id));
+    setThreadStream(id < 0 ? nullptr : &runtime().stream(id));
   }, py::arg("id"), "Makes stream `id` this thread's current stream; -1 gives it back to the thread policy.");
   m.def("release_thread_stream", [] {
     py::gil_scoped_release noGil;

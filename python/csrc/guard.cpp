@@ -213,6 +213,11 @@ void checkThreadStream() {
   }
 }
 
+void setThreadStream(ts::Stream* stream) {
+  runtime().setCurrentStream(stream);
+  tlsInvalidStream.reset();
+}
+
 C10_REGISTER_GUARD_IMPL(PrivateUse1, SimGuardImpl);
 
 } // namespace mps_sim

@@ -86,6 +86,11 @@ bool overwritesItsOutputs(const c10::OperatorName& name) {
       {"aten::bitwise_and", {"Tensor_out"}},
       {"aten::bitwise_or", {"Tensor_out"}},
       {"aten::nan_to_num", {"out"}},
+      {"aten::mm", {"out"}},
+      {"aten::sum", {"IntList_out"}},
+      {"aten::cumsum", {"out"}},
+      {"aten::clamp", {"out", "Tensor_out"}},
+      {"aten::floor_divide", {"out"}},
   };
   auto found = kOverwritingOps.find(name.name);
   return found != kOverwritingOps.end() &&

@@ -43,9 +43,11 @@ def current_device():
 
 
 def set_device(device):
-    index = torch.device(device).index if not isinstance(device, int) else device
-    if index not in (None, 0):
-        raise ValueError(f"mps_sim has one device (index 0), got index {index}")
+    if isinstance(device, int) and not isinstance(device, bool):
+        if device != 0:
+            raise ValueError(f"mps_sim has one device (index 0), got index {device}")
+        return
+    _check_device(device)
 
 
 def is_initialized():
@@ -90,6 +92,8 @@ def _require_bool(name, value):
 
 
 def _require_microseconds(name, value, maximum):
+    if isinstance(value, bool):  # operator.index(True) is 1: a switch passed by mistake
+        raise TypeError(f"{name} must be a whole number of microseconds, got bool {value!r}")
     try:
         value = operator.index(value)
     except TypeError:
@@ -172,9 +176,17 @@ def set_race_meeting(point, timeout_us):
                                                      _MAX_RACE_MEETING_US))
 
 
+def _check_optional_device(device):
+    # As torch.cuda's device arguments: another device type or index is refused, never
+    # ignored (synchronize("cpu") used to synchronize mps_sim and return).
+    if device is not None:
+        _check_device(device)
+
+
 def synchronize(device=None):
     """Device-wide synchronize: commits this thread's stream and waits for the work every
     stream has submitted (Note [Device-wide synchronize])."""
+    _check_optional_device(device)
     _C.synchronize()
 
 
@@ -208,7 +220,14 @@ class Stream(torch.Stream):
         if device is not None:
             _check_device(device)
         if stream_id is not None:
-            if not 0 <= int(stream_id) <= _C.pool_size():
+            try:
+                if isinstance(stream_id, bool):
+                    raise TypeError
+                stream_id = operator.index(stream_id)  # int(2.7) would be stream 2
+            except TypeError:
+                raise TypeError(f"stream_id must be an int, got {type(stream_id).__name__} "
+                                f"{stream_id!r}") from None
+            if not 0 <= stream_id <= _C.pool_size():
                 raise ValueError(f"mps_sim has streams 0..{_C.pool_size()}, got {stream_id}")
             return super().__new__(cls, stream_id=int(stream_id), device_index=0,
                                    device_type=_PRIVATEUSE1)
@@ -300,10 +319,12 @@ def _stream_from_id(stream_id):
 
 
 def current_stream(device=None):
+    _check_optional_device(device)
     return _stream_from_id(_C.current_stream_id())
 
 
 def default_stream(device=None):
+    _check_optional_device(device)
     return _stream_from_id(0)
 
 

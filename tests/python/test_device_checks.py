@@ -111,3 +111,54 @@ def test_race_knobs_refuse_out_of_range_values_clearly(setter, value, error, mes
     with pytest.raises(error, match=message):
         getattr(torch.mps_sim, setter)("encoder", value)
     getattr(torch.mps_sim, setter)("encoder", 0)  # in range: accepted (and off)
+
+
+def test_a_valid_stream_from_the_device_module_replaces_an_invalid_one():
+    # torch.accelerator.set_stream(an invalid torch.Stream) marks the thread (Note [Invalid
+    # streams in a guard]); torch.mps_sim.set_stream and torch.mps_sim.stream() of a valid
+    # stream must replace it as torch.accelerator.set_stream does. Before the fix every op kept
+    # raising "current stream (id 99)" while current_stream() named the valid stream.
+    if not (hasattr(torch, "accelerator") and hasattr(torch.accelerator, "set_stream")):
+        pytest.skip("torch.accelerator.set_stream needs torch >= 2.7")
+    privateuse1 = 20  # c10::DeviceType::PrivateUse1
+    bad = torch.Stream(stream_id=99, device_index=0, device_type=privateuse1)
+    x = torch.ones(4, device=DEVICE)
+    torch.accelerator.set_stream(bad)
+    with pytest.raises(ValueError, match="id 99"):
+        x + 1
+    torch.mps_sim.set_stream(torch.mps_sim.default_stream())
+    assert (x + 1).cpu().eq(2).all()
+    torch.accelerator.set_stream(bad)
+    with torch.mps_sim.stream(torch.mps_sim.Stream()):
+        assert (x + 2).cpu().eq(3).all()
+    torch.accelerator.set_stream(bad)
+    torch.mps_sim.set_stream(None)  # back to the thread policy
+    assert (x + 3).cpu().eq(4).all()
+
+
+@pytest.mark.parametrize("function", ["synchronize", "current_stream", "default_stream",
+                                      "set_device"])
+def test_device_arguments_of_the_device_module_are_checked(function):
+    # They used to be ignored: synchronize("cpu") synchronized mps_sim, set_device("cpu") and
+    # current_stream("mps_sim:1") returned as if they were mps_sim:0.
+    call = getattr(torch.mps_sim, function)
+    with pytest.raises(ValueError, match="needs an mps_sim device"):
+        call("cpu")
+    with pytest.raises((RuntimeError, ValueError), match="out of range|one device"):
+        call("mps_sim:1")
+    for good in ("mps_sim", "mps_sim:0", torch.device(DEVICE, 0), 0):
+        call(good)
+
+
+@pytest.mark.parametrize("bad_id", [2.7, "3", True])
+def test_stream_id_must_be_an_int(bad_id):
+    # int(2.7) made it stream 2, int("3") stream 3.
+    with pytest.raises(TypeError, match="stream_id must be an int"):
+        torch.mps_sim.Stream(stream_id=bad_id)
+
+
+def test_race_knobs_refuse_a_bool():
+    with pytest.raises(TypeError, match="whole number of microseconds, got bool"):
+        torch.mps_sim.set_race_window("encoder", True)
+    with pytest.raises(TypeError, match="whole number of microseconds, got bool"):
+        torch.mps_sim.set_race_meeting("encoder", True)

@@ -34,6 +34,17 @@ OVERWRITES = {
     "uniform_": lambda x: x.uniform_(5.0, 5.0),
     "add_out": lambda x: torch.add(torch.ones(4, 8, device=x.device), 1.0, out=x),
     "view_fill_": lambda x: x.view(-1).fill_(2.0),
+    # Every out= op writes its whole (right-sized) out and reads none of it, as add.out does.
+    "mm_out": lambda x: torch.mm(torch.ones(4, 3, device=x.device),
+                                 torch.arange(24.0).reshape(3, 8).to(x.device), out=x),
+    "sum_out": lambda x: torch.sum(torch.ones(4, 8, 2, device=x.device), 2, out=x),
+    "cumsum_out": lambda x: torch.cumsum(torch.ones(4, 8, device=x.device), 1, out=x),
+    "clamp_out": lambda x: torch.clamp(torch.arange(32.0).reshape(4, 8).to(x.device), 3.0, 9.0,
+                                       out=x),
+    "clamp_tensor_out": lambda x: torch.clamp(torch.arange(32.0).reshape(4, 8).to(x.device),
+                                              torch.full((8,), 4.0, device=x.device), out=x),
+    "floor_divide_out": lambda x: torch.floor_divide(torch.arange(32.0).reshape(4, 8).to(x.device),
+                                                     3.0, out=x),
 }
 
 
