@@ -28,7 +28,8 @@ class ReentryError : public ContractError {
   using ContractError::ContractError;
 };
 
-// A command buffer failed on the GPU; raised on the thread that next synchronizes with it.
+// A command buffer failed on the GPU; raised to what depends on its batch (Note [GPU errors
+// belong to batches] in stream.h): a reader of its outputs, a wait on it, a synchronize.
 class CommandBufferError : public Error {
  public:
   using Error::Error;
