@@ -314,4 +314,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("_test_barrier_arrivals", &testBarrierArrivals,
         "Test only: how many threads have reached the test barrier's point so far.");
   m.def("_clear_test_hook", [] { testHookScope().reset(); });
+  m.def("_saved_exchange_depth", &mps_sim::savedExchangeDepth,
+        "Test only: how many stream exchanges this thread's guard stack remembers.");
 }

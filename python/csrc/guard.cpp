@@ -57,6 +57,15 @@ struct SavedStream {
   ts::Stream* explicitBefore;
   std::optional<int64_t> invalidBefore;
 };
+// Note [A bounded guard stack]
+// A stream guard's exchanges nest (enter pushes, exit pops), but torch.accelerator.set_stream
+// is an exchange nobody restores: a loop of set_stream calls grew the stack without bound
+// (66 MB after 1.5 million calls). Guards never nest deeper than a few levels, so the stack
+// keeps the latest kMaxSavedExchanges and forgets the oldest; an exit of a guard that deep
+// would restore as a plain exchange. (A set_stream to the very stream the last exchange
+// replaced is taken as that exchange's restore: the thread gets back exactly what it had,
+// the policy's choice included, which is also what a guard would give it.)
+constexpr size_t kMaxSavedExchanges = 64;
 thread_local std::vector<SavedStream> tlsSaved;
 thread_local std::optional<int64_t> tlsInvalidStream; // the invalid id made current, if any
 
@@ -143,6 +152,9 @@ class SimGuardImpl final : public c10::impl::DeviceGuardImplInterface {
       rt.setCurrentStream(saved.explicitBefore);
       tlsInvalidStream = saved.invalidBefore;
     } else {
+      if (tlsSaved.size() >= kMaxSavedExchanges) {
+        tlsSaved.erase(tlsSaved.begin());
+      }
       tlsSaved.push_back({previous, explicitBefore, tlsInvalidStream});
       if (s.device_type() == kType && isValidStreamId(s.id())) {
         rt.setCurrentStream(&rt.stream(static_cast<int>(s.id())));
@@ -216,6 +228,10 @@ void checkThreadStream() {
 void setThreadStream(ts::Stream* stream) {
   runtime().setCurrentStream(stream);
   tlsInvalidStream.reset();
+}
+
+int savedExchangeDepth() {
+  return static_cast<int>(tlsSaved.size());
 }
 
 C10_REGISTER_GUARD_IMPL(PrivateUse1, SimGuardImpl);

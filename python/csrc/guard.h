@@ -19,4 +19,8 @@ void checkThreadStream();
 // every op after set_stream(a valid stream), while current_stream() named the valid one.
 void setThreadStream(at::mps::threadsafe::Stream* stream);
 
+// How many exchanges this thread's guard stack remembers (Note [A bounded guard stack]); for
+// tests.
+int savedExchangeDepth();
+
 } // namespace mps_sim
