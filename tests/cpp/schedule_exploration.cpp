@@ -7,6 +7,7 @@
 // A failing round prints its seed and the command that replays it
 // (build/release/tools/soak replay --seed S --ops A,B).
 
+#include <initializer_list>
 #include <string>
 
 #include "explore/exploration.h"
@@ -189,14 +190,12 @@ namespace mpsts_test {
 // fixed in the runtime (Note [GPU errors belong to batches], useBuffers' undoRecord): the
 // exploration's counts of them must stay 0. (Their deterministic regression tests are in
 // gpu_errors.cpp.)
-TEST_CASE("every failed kernel's error reaches some caller, and frees never wait on a batch "
-          "nothing commits",
-          "[schedule]") {
+// Rounds of `other` x GpuError, seeds 1..40, thread safety on, each thread on its own pool
+// stream (pool 8: exact checks) and all on one shared stream (pool 1).
+Tally gpuErrorPairRounds(std::initializer_list<Op> others) {
   Tally t;
-  // Each thread on its own pool stream (exact checks) and on shared streams.
   for (int pool : {8, 1}) {
-    for (Op other : {Op::Dispatch, Op::CommitAndContinue, Op::ThreadExit, Op::Reuse,
-                     Op::EventWait}) {
+    for (Op other : others) {
       for (int s = 1; s <= 40; ++s) {
         RoundSpec spec;
         spec.ops = {other, Op::GpuError};
@@ -207,6 +206,14 @@ TEST_CASE("every failed kernel's error reaches some caller, and frees never wait
       }
     }
   }
+  return t;
+}
+
+TEST_CASE("every failed kernel's error reaches some caller, and frees never wait on a batch "
+          "nothing commits",
+          "[schedule]") {
+  const Tally t = gpuErrorPairRounds(
+      {Op::Dispatch, Op::CommitAndContinue, Op::ThreadExit, Op::Reuse, Op::EventWait});
   INFO(summary(t));
   CHECK(t.failedRounds == 0);
   CHECK(t.errorsLost == 0);
@@ -222,19 +229,7 @@ TEST_CASE("every failed kernel's error reaches some caller, and frees never wait
 // of this test in 15 on a loaded machine, before the fix); made certain by "gpu errors: the
 // next owner of a pool stream that waits for the failed batch ..." in gpu_errors.cpp.
 TEST_CASE("a reader that waited on a failed batch always receives its error", "[schedule]") {
-  Tally t;
-  for (int pool : {8, 1}) {
-    for (Op other : {Op::EventWait, Op::CloseRequest, Op::WaitStream}) {
-      for (int s = 1; s <= 40; ++s) {
-        RoundSpec spec;
-        spec.ops = {other, Op::GpuError};
-        spec.seed = static_cast<uint64_t>(s);
-        spec.poolSize = pool;
-        spec.threadsafe = 1;
-        t.add(runRound(spec, ExploreOptions{}));
-      }
-    }
-  }
+  const Tally t = gpuErrorPairRounds({Op::EventWait, Op::CloseRequest, Op::WaitStream});
   INFO(summary(t));
   CHECK(t.failedRounds == 0);
   CHECK(t.readersWithoutError == 0);
