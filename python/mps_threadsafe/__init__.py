@@ -7,7 +7,10 @@ the runtime with its Metal-contract-checking sim backend, as `torch.mps_sim`:
     torch.mps_sim.set_threadsafe(True)      # or MPS_SIM_THREADSAFE=1
     x = torch.randn(4, 256, device="mps_sim")
 
-The suites: `python -m mps_threadsafe {story,bench,stress} --device {mps_sim,mps,cpu}`.
+Many threads, one model: `mps_threadsafe.BatchedModule(model, max_batch=8, workers=2)` batches
+their calls dynamically and runs the batches on parallel streams (batching.py).
+
+The suites: `python -m mps_threadsafe {story,bench,stress,serve-bench} --device {mps_sim,mps,cpu}`.
 """
 
 import torch
@@ -23,9 +26,11 @@ from .mps_sim import (  # noqa: F401  (re-exported)
     violation_policy,
 )
 from .suites.stats import stats_summary  # noqa: F401  (re-exported; keys: docs/stats.md)
+from .batching import BatchedModule, BatcherClosedError, PadSequences  # noqa: F401
 
 __all__ = ["set_protections", "protections", "set_violation_policy", "violation_policy",
-           "WorkInFlightError", "register", "stats_summary"]
+           "WorkInFlightError", "register", "stats_summary", "BatchedModule",
+           "BatcherClosedError", "PadSequences"]
 
 
 def register():
