@@ -540,7 +540,8 @@ constexpr const char* kGenericOps[] = {
     "addcdiv", "lerp.Scalar", "eq.Tensor", "eq.Scalar", "ne.Tensor", "ne.Scalar", "lt.Tensor",
     "lt.Scalar", "le.Tensor", "le.Scalar", "gt.Tensor", "gt.Scalar", "ge.Tensor", "ge.Scalar",
     "logical_not", "logical_and", "logical_or", "bitwise_and.Tensor", "bitwise_or.Tensor",
-    "bitwise_not", "isnan", "masked_fill_.Scalar", "masked_fill_.Tensor",
+    "bitwise_not", "isnan", "isinf", "isneginf.out", "isposinf.out", "masked_fill_.Scalar",
+    "masked_fill_.Tensor", "where.self_out", "_safe_softmax", "mul.Scalar", "logical_not.out",
     // activations and normalization
     "relu", "relu_", "gelu", "gelu_", "silu", "silu_", "leaky_relu", "hardtanh", "threshold",
     "_softmax", "_log_softmax", "native_layer_norm",

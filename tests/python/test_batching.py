@@ -1,0 +1,591 @@
+"""BatchedModule (mps_threadsafe/batching.py) on mps_sim, every result compared with the CPU.
+
+The order of events in these tests is made certain with gates (a model that waits inside its
+forward until the test opens it): a call is queued only while every lane is provably busy, and
+two batches are provably at once when each waits for the other at a barrier. Nothing depends
+on the machine's load or on sleeps.
+"""
+
+import concurrent.futures
+import copy
+import pathlib
+import threading
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import DEVICE, run_python
+from mps_threadsafe import BatchedModule, BatcherClosedError, PadSequences
+
+TIMEOUT = 120  # seconds; a gate or a result that takes longer is a hang, reported as a failure
+
+
+def on_device(master):
+    """A copy of the (eval-mode) CPU master on mps_sim with the same weights."""
+    return copy.deepcopy(master).to(DEVICE)
+
+
+def cpu_result(master, *args):
+    with torch.no_grad():
+        return master(*args)
+
+
+def assert_close(actual, expected, atol=1e-5):
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor)
+        assert actual.shape == expected.shape and actual.dtype == expected.dtype
+        torch.testing.assert_close(actual.cpu(), expected, atol=atol, rtol=1e-5)
+    elif isinstance(expected, dict):
+        assert type(actual) is type(expected) and actual.keys() == expected.keys()
+        for key in expected:
+            assert_close(actual[key], expected[key], atol)
+    else:
+        assert type(actual) is type(expected) and len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            assert_close(a, e, atol)
+
+
+class Gate(nn.Module):
+    """Wraps a model: the forward of the first `hold` calls announces itself (`entered`) and
+    waits for `opened`; later calls run straight through."""
+
+    def __init__(self, inner, hold=1):
+        super().__init__()
+        self.inner, self.hold = inner, hold
+        self.entered, self.opened = threading.Event(), threading.Event()
+        self.calls = 0
+        self.lock = threading.Lock()
+        self.eval()
+
+    def forward(self, *args, **kwargs):
+        with self.lock:
+            self.calls += 1
+            held = self.calls <= self.hold
+        if held:
+            self.entered.set()
+            assert self.opened.wait(TIMEOUT), "the test never opened the gate"
+        return self.inner(*args, **kwargs)
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(13, 5), nn.Linear(13, 3)
+
+    def forward(self, x, scale):
+        h = x * scale
+        return {"a": self.a(h), "pair": (self.b(h).relu(), h.sum(1))}
+
+
+class Lookup(nn.Module):
+    """index_select on the GPU: an out-of-range id fails the kernel, so its whole batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(10, 4))
+
+    def forward(self, ids):
+        return self.table.index_select(0, ids.flatten()).view(ids.shape[0], -1)
+
+
+def models():
+    torch.manual_seed(0)
+    return {
+        "linear_odd": (nn.Linear(37, 11).eval(), lambda rows, seed: (
+            torch.randn(rows, 37, generator=torch.Generator().manual_seed(seed)),)),
+        "transformer": (nn.TransformerEncoderLayer(24, 3, 40, dropout=0.0,
+                                                   batch_first=True).eval(),
+                        lambda rows, seed: (torch.randn(
+                            rows, 7, 24, generator=torch.Generator().manual_seed(seed)),)),
+        "two_inputs_nested_outputs": (TwoOutputs().eval(), lambda rows, seed: (
+            torch.randn(rows, 13, generator=torch.Generator().manual_seed(seed)),
+            torch.rand(rows, 1, generator=torch.Generator().manual_seed(seed + 1)))),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(models()))
+def test_results_from_8_threads_equal_the_cpu_and_an_unbatched_run(name):
+    torch.mps_sim.set_threadsafe(True)
+    master, make = models()[name]
+    model = on_device(master)
+    calls = [make(rows, seed) for seed, rows in enumerate([1, 1, 2, 3, 1, 5, 1, 2] * 3)]
+    expected = [cpu_result(master, *args) for args in calls]
+    with torch.no_grad():
+        unbatched = [model(*(a.to(DEVICE) for a in args)) for args in calls]
+    results = [None] * len(calls)
+    with BatchedModule(model, max_batch=6, workers=3) as batched:
+        def client(first):
+            for i in range(first, len(calls), 8):
+                args = calls[i] if i % 2 else tuple(a.to(DEVICE) for a in calls[i])
+                results[i] = batched(*args) if i % 3 else batched.submit(*args).result(TIMEOUT)
+        threads = [threading.Thread(target=client, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(TIMEOUT)
+        stats = batched.stats()
+    for result, cpu, alone in zip(results, expected, unbatched):
+        assert_close(result, cpu)
+        assert_close(result, _cpu_tree(alone))
+    assert stats["completed"] == stats["requests"] == len(calls)
+    assert stats["failed"] == stats["refused"] == stats["pending"] == 0
+
+
+def _cpu_tree(value):
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _cpu_tree(v) for k, v in value.items()}
+    return type(value)(_cpu_tree(v) for v in value)
+
+
+def test_calls_queued_while_the_lane_is_busy_form_batches_of_max_batch():
+    master = nn.Linear(8, 4).eval()
+    gate = Gate(on_device(master))
+    xs = [torch.randn(1, 8) for _ in range(7)]
+    with BatchedModule(gate, max_batch=4, workers=1) as batched:
+        first = batched.submit(xs[0])
+        assert gate.entered.wait(TIMEOUT)  # the only lane is busy from here on
+        queued = [batched.submit(x) for x in xs[1:]]
+        gate.opened.set()
+        results = [f.result(TIMEOUT) for f in [first] + queued]
+        stats = batched.stats()
+    for x, y in zip(xs, results):
+        assert_close(y, cpu_result(master, x))
+    assert stats["batch_sizes"] == {1: 1, 2: 1, 4: 1}  # 1 alone, then 6 queued as 4 + 2
+    assert stats["batches"] == 3 and stats["mean_batch_size"] == pytest.approx(7 / 3)
+    assert stats["ran_alone"] == 1
+
+
+def test_two_lanes_run_two_batches_at_once_on_two_streams():
+    """Each batch waits inside the model for the other: the test completes only if the two
+    lanes run at the same time, and each batch's ops run on its own lane's stream."""
+    torch.mps_sim.set_threadsafe(True)
+    master = nn.Linear(8, 4).eval()
+    inner = on_device(master)
+    meeting = threading.Barrier(2, timeout=TIMEOUT)
+    seen_streams = []
+
+    def model(x):
+        seen_streams.append(torch.mps_sim.current_stream().stream_id)
+        meeting.wait()
+        return inner(x)
+
+    xs = [torch.randn(2, 8), torch.randn(3, 8)]
+    with BatchedModule(model, workers=2, device=DEVICE) as batched:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(batched, xs))
+        stats = batched.stats()
+    for x, y in zip(xs, results):
+        assert_close(y, cpu_result(master, x))
+    assert stats["max_lanes_busy"] == 2
+    assert sorted(seen_streams) == sorted(stats["lane_streams"])
+    assert len(set(stats["lane_streams"])) == 2 and 0 not in stats["lane_streams"]
+
+
+def test_the_batch_runs_on_its_lane_stream_with_thread_safety_off_too():
+    """Lanes are explicit streams: a batcher is parallel whatever the thread policy."""
+    torch.mps_sim.set_threadsafe(False)
+    seen = []
+    inner = on_device(nn.Linear(4, 4).eval())
+
+    def model(x):
+        seen.append(torch.mps_sim.current_stream().stream_id)
+        return inner(x)
+
+    with BatchedModule(model, workers=2, device=DEVICE) as batched:
+        batched(torch.randn(1, 4))
+        streams = batched.stats()["lane_streams"]
+    assert seen[0] in streams and seen[0] != 0
+    assert torch.mps_sim.current_stream().stream_id == 0  # the caller's stream is restored
+
+
+def test_calls_of_different_shapes_batch_apart_and_a_lone_shape_runs_alone():
+    master = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()
+    gate = Gate(on_device(master))
+    shapes = [(1, 5, 16), (1, 5, 16), (2, 9, 16), (1, 5, 16), (1, 9, 16), (1, 3, 16)]
+    xs = [torch.randn(*shape) for shape in shapes]
+    with BatchedModule(gate, max_batch=8, workers=1) as batched:
+        held = batched.submit(torch.randn(1, 4, 16))
+        assert gate.entered.wait(TIMEOUT)
+        futures = [batched.submit(x) for x in xs]
+        gate.opened.set()
+        held.result(TIMEOUT)
+        results = [f.result(TIMEOUT) for f in futures]
+        stats = batched.stats()
+    for x, y in zip(xs, results):
+        assert_close(y, cpu_result(master, x))
+    # the held call, then groups (5: 3 calls), (9: 3 samples), (3: alone)
+    assert stats["batch_sizes"] == {1: 2, 3: 2}
+    assert stats["batches"] == 4
+
+
+def test_padded_batches_equal_unpadded_cpu_results_and_are_cut_back():
+    torch.manual_seed(1)
+    master = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()
+    gate = Gate(on_device(master))
+    lengths = [3, 5, 8, 2, 4, 11]  # 11 fits no bucket: it runs with its own shape
+    xs = [torch.randn(1, n, 16) for n in lengths]
+    rule = PadSequences(dim=0, sizes=(4, 8), mask_kwarg="src_key_padding_mask")
+    with BatchedModule(gate, max_batch=8, workers=1, pad=rule) as batched:
+        held = batched.submit(torch.randn(1, 4, 16))
+        assert gate.entered.wait(TIMEOUT)
+        futures = [batched.submit(x) for x in xs]
+        gate.opened.set()
+        held.result(TIMEOUT)
+        results = [f.result(TIMEOUT) for f in futures]
+        stats = batched.stats()
+    for x, y in zip(xs, results):
+        assert y.shape == x.shape
+        assert_close(y, cpu_result(master, x))
+    # bucket 4: lengths 3, 2, 4; bucket 8: 5, 8; alone: 11 (and the held call)
+    assert stats["batch_sizes"] == {1: 2, 2: 1, 3: 1}
+
+
+def test_pad_without_a_mask_on_a_per_position_model():
+    master = nn.Sequential(nn.Linear(6, 6), nn.ReLU()).eval()
+    gate = Gate(on_device(master))
+    xs = [torch.randn(2, n, 6) for n in (1, 6, 7, 3)]
+    with BatchedModule(gate, workers=1, pad=PadSequences(dim=0, multiple=4)) as batched:
+        held = batched.submit(torch.randn(1, 2, 6))
+        assert gate.entered.wait(TIMEOUT)
+        futures = [batched.submit(x) for x in xs]
+        gate.opened.set()
+        held.result(TIMEOUT)
+        for x, f in zip(xs, futures):
+            assert_close(f.result(TIMEOUT), cpu_result(master, x))
+        # the held call alone; bucket 4: lengths 1 and 3 (2 rows each); bucket 8: 6 and 7
+        assert batched.stats()["batch_sizes"] == {1: 1, 4: 2}
+
+
+def test_a_failing_batch_raises_to_exactly_its_callers():
+    """Three calls share a batch, one with an out-of-range id: the kernel fails on the (sim)
+    GPU and all three get the error; the batch of another shape queued with them, and every
+    later batch on the same lane (run by another thread), are clean and equal to the CPU."""
+    torch.mps_sim.set_threadsafe(True)
+    master = Lookup().eval()
+    gate = Gate(on_device(master))
+    good, bad = torch.tensor([[1, 2]]), torch.tensor([[3, 12]])
+    other_shape = torch.tensor([[4, 5, 6]])
+    with BatchedModule(gate, max_batch=8, workers=1) as batched:
+        held = batched.submit(good)
+        assert gate.entered.wait(TIMEOUT)
+        doomed = [batched.submit(good), batched.submit(bad), batched.submit(good)]
+        clean = batched.submit(other_shape)
+        gate.opened.set()
+        assert_close(held.result(TIMEOUT), cpu_result(master, good))
+        for future in doomed:
+            with pytest.raises(RuntimeError, match="index out of range"):
+                future.result(TIMEOUT)
+        assert_close(clean.result(TIMEOUT), cpu_result(master, other_shape))
+        # The lane's next batches: a caller thread's own, then a worker's.
+        assert_close(batched(good), cpu_result(master, good))
+        later = [batched.submit(good) for _ in range(3)]
+        for future in later:
+            assert_close(future.result(TIMEOUT), cpu_result(master, good))
+        stats = batched.stats()
+    assert stats["batches_failed"] == 1 and stats["failed"] == 3
+    assert stats["completed"] == stats["requests"] - 3
+
+
+def test_a_python_error_in_the_model_reaches_only_its_batch():
+    master = nn.Linear(4, 2).eval()
+    inner = on_device(master)
+
+    def model(x):
+        if (x.cpu() < -100).any():
+            raise ValueError("refused a sample")
+        return inner(x)
+
+    with BatchedModule(model, workers=2, device=DEVICE) as batched:
+        with pytest.raises(ValueError, match="refused a sample"):
+            batched(torch.full((1, 4), -1000.0))
+        x = torch.randn(3, 4)
+        assert_close(batched(x), cpu_result(master, x))
+        assert batched.stats()["batches_failed"] == 1
+
+
+BAD_INPUTS = {
+    "not a tensor": ([[1.0] * 8], TypeError, "must be a tensor"),
+    "no arguments": ((), TypeError, "input tensor"),
+    "0-d": (torch.tensor(1.0), ValueError, "0-dimensional"),
+    "requires grad": (torch.randn(1, 8, requires_grad=True), ValueError, "requires grad"),
+    "wrong dtype": (torch.randn(1, 8, dtype=torch.float64), TypeError, "float64"),
+    "sparse": (torch.randn(1, 8).to_sparse(), TypeError, "sparse"),
+    "wrong device": (torch.randn(1, 8, device="meta"), ValueError, "is on meta"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_a_bad_input_raises_to_its_caller_before_joining_a_batch(case):
+    master = nn.Linear(8, 3).eval()
+    gate = Gate(on_device(master))
+    arg, error, message = BAD_INPUTS[case]
+    args = arg if isinstance(arg, tuple) else (arg,)
+    with BatchedModule(gate, workers=1) as batched:
+        held = batched.submit(torch.randn(1, 8))
+        assert gate.entered.wait(TIMEOUT)
+        neighbour = batched.submit(torch.ones(2, 8))
+        with pytest.raises(error, match=message):
+            batched(*args)
+        with pytest.raises(error, match=message):
+            batched.submit(*args)
+        gate.opened.set()
+        held.result(TIMEOUT)
+        assert_close(neighbour.result(TIMEOUT), cpu_result(master, torch.ones(2, 8)))
+        stats = batched.stats()
+    assert stats["refused"] == 2 and stats["requests"] == 2 and stats["failed"] == 0
+
+
+def test_arguments_with_different_row_counts_are_refused():
+    with BatchedModule(on_device(TwoOutputs().eval()), workers=1) as batched:
+        with pytest.raises(ValueError, match="same batch size"):
+            batched(torch.randn(2, 13), torch.rand(3, 1))
+
+
+def test_a_model_in_training_mode_is_refused():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+    with pytest.raises(ValueError, match="training mode"):
+        BatchedModule(model)
+    model.eval()
+    with BatchedModule(model.to(DEVICE), workers=1) as batched:
+        model.train()
+        with pytest.raises(ValueError, match="training mode"):
+            batched(torch.randn(1, 4))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_batch": 0}, "max_batch"), ({"workers": 0}, "workers"), ({"workers": 2.5}, "workers"),
+    ({"max_batch": True}, "max_batch"), ({"max_wait_ms": -1}, "max_wait_ms"),
+    ({"max_wait_ms": float("nan")}, "max_wait_ms"), ({"pad": 3}, "pad rule"),
+])
+def test_bad_constructor_arguments_are_clear_errors(kwargs, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        BatchedModule(nn.Linear(2, 2).eval(), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"sizes": ()}, "sizes"), ({"sizes": (8, 4)}, "increasing"), ({"multiple": 0}, "multiple"),
+    ({}, "exactly one"), ({"sizes": (4,), "multiple": 4}, "exactly one"),
+    ({"dim": -1, "multiple": 4}, "dim"), ({"multiple": 4, "mask_kwarg": "not a name"}, "mask_kwarg"),
+])
+def test_bad_pad_rules_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PadSequences(**kwargs)
+
+
+def test_close_runs_everything_accepted_and_refuses_new_calls():
+    master = nn.Linear(8, 4).eval()
+    gate = Gate(on_device(master))
+    xs = [torch.randn(1, 8) for _ in range(20)]
+    batched = BatchedModule(gate, max_batch=3, workers=2)
+    first = batched.submit(xs[0])
+    assert gate.entered.wait(TIMEOUT)
+    futures = [first] + [batched.submit(x) for x in xs[1:]]
+    closer = threading.Thread(target=batched.close)
+    closer.start()
+    while not batched.closed:
+        time.sleep(0.001)
+    with pytest.raises(BatcherClosedError, match="closed"):
+        batched(xs[0])
+    with pytest.raises(BatcherClosedError):
+        batched.submit(xs[0])
+    gate.opened.set()
+    closer.join(TIMEOUT)
+    assert not closer.is_alive()
+    for x, f in zip(xs, futures):
+        assert_close(f.result(0), cpu_result(master, x))  # done: close() waited for them
+    stats = batched.stats()
+    assert stats["completed"] == 20 and stats["pending"] == 0 and stats["refused"] == 2
+    batched.close()  # twice is fine
+    assert isinstance(BatcherClosedError("x"), RuntimeError)
+
+
+def test_the_context_manager_closes_and_drains():
+    master = nn.Linear(8, 4).eval()
+    xs = [torch.randn(1, 8) for _ in range(10)]
+    with BatchedModule(on_device(master), workers=2) as batched:
+        futures = [batched.submit(x) for x in xs]
+    assert batched.closed
+    for x, f in zip(xs, futures):
+        assert f.done()
+        assert_close(f.result(), cpu_result(master, x))
+
+
+def test_a_call_that_times_out_is_withdrawn_and_never_runs():
+    master = nn.Linear(8, 4).eval()
+    gate = Gate(on_device(master))
+    with BatchedModule(gate, workers=1) as batched:
+        held = batched.submit(torch.randn(1, 8))
+        assert gate.entered.wait(TIMEOUT)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            batched(torch.randn(1, 8), timeout=0.05)
+        gate.opened.set()
+        held.result(TIMEOUT)
+        x = torch.randn(1, 8)
+        assert_close(batched(x), cpu_result(master, x))
+        stats = batched.stats()
+    assert stats["cancelled"] == 1 and gate.calls == 2
+
+
+def test_the_callers_grad_modes_and_autocast_do_not_change_results():
+    """Note [What a batch runs under]: a batch runs under no_grad with autocast off whichever
+    thread runs it, so a caller inside autocast or inference_mode gets the CPU's float32
+    result, and the result is an ordinary tensor it may modify in place."""
+    master = nn.Linear(8, 4).eval()
+    x = torch.randn(2, 8)
+    with BatchedModule(on_device(master), workers=1) as batched:
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            y = batched(x)
+        assert y.dtype == torch.float32
+        assert_close(y, cpu_result(master, x))
+        with torch.inference_mode():
+            z = batched(x)
+        assert_close(z, cpu_result(master, x))
+        w = batched(x)
+        assert not w.requires_grad and not w.is_inference()
+        w.add_(1)  # an ordinary tensor
+        assert_close(w, cpu_result(master, x) + 1)
+
+
+def test_inputs_on_the_cpu_and_results_moved_once_to_the_cpu():
+    master = nn.Linear(8, 4).eval()
+    xs = [torch.randn(1, 8) for _ in range(4)]
+    gate = Gate(on_device(master))
+    with BatchedModule(gate, workers=1, output_device="cpu") as batched:
+        held = batched.submit(xs[0])
+        assert gate.entered.wait(TIMEOUT)
+        futures = [batched.submit(x) for x in xs[1:]]
+        gate.opened.set()
+        for x, f in zip(xs, [held] + futures):
+            y = f.result(TIMEOUT)
+            assert y.device.type == "cpu"
+            assert_close(y, cpu_result(master, x))
+
+
+def test_a_zero_row_call_runs_alone_and_returns_the_models_empty_result():
+    master = nn.Linear(8, 4).eval()
+    with BatchedModule(on_device(master), workers=1) as batched:
+        y = batched(torch.randn(0, 8))
+        assert y.shape == (0, 4)
+
+
+def test_the_cpu_device_works_without_streams():
+    master = nn.Linear(8, 4).eval()
+    xs = [torch.randn(1, 8) for _ in range(16)]
+    with BatchedModule(master, workers=2) as batched:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(batched, xs))
+        assert batched.stats()["lane_streams"] == [None, None]
+    for x, y in zip(xs, results):
+        assert_close(y, cpu_result(master, x))
+
+
+def test_many_threads_mixing_calls_and_futures_lose_and_duplicate_nothing():
+    torch.mps_sim.set_threadsafe(True)
+    master = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 5)).eval()
+    model = on_device(master)
+    rows = [1, 2, 1, 3, 1, 1, 4, 1]
+    with BatchedModule(model, max_batch=5, workers=3) as batched:
+        def client(t):
+            generator = torch.Generator().manual_seed(t)
+            for i in range(12):
+                x = torch.randn(rows[(t + i) % len(rows)], 12, generator=generator)
+                y = batched(x) if (t + i) % 2 else batched.submit(x).result(TIMEOUT)
+                assert_close(y, cpu_result(master, x))
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            for f in [pool.submit(client, t) for t in range(16)]:
+                f.result(TIMEOUT)
+        stats = batched.stats()
+    assert stats["requests"] == stats["completed"] == 16 * 12
+    assert sum(stats["lane_batches"]) == stats["batches"]
+    assert sum(size * n for size, n in stats["batch_sizes"].items()) == stats["samples"]
+
+
+def test_fork_child_gets_a_clear_error_not_a_hang():
+    result = run_python("""
+        import os, torch, mps_threadsafe
+        from mps_threadsafe import BatchedModule
+        batched = BatchedModule(torch.nn.Linear(4, 2).eval(), workers=2)
+        batched(torch.randn(1, 4))
+        pid = os.fork()
+        if pid == 0:
+            try:
+                batched(torch.randn(1, 4))
+                os._exit(3)
+            except RuntimeError as e:
+                os._exit(0 if "fork" in str(e) else 4)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0, status
+        print(batched(torch.randn(1, 4)).shape)  # the parent still works
+        batched.close()
+        print("ok")
+    """, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_a_batcher_nobody_closed_still_runs_what_it_accepted_at_exit():
+    result = run_python("""
+        import atexit
+        futures = []
+        # Registered before mps_threadsafe's own exit hook, so it runs after it (LIFO).
+        atexit.register(lambda: print("done", sum(f.done() for f in futures)))
+        import torch, mps_threadsafe
+        from mps_threadsafe import BatchedModule
+        model = torch.nn.Linear(4, 2).eval().to("mps_sim")
+        batched = BatchedModule(model, workers=1)
+        futures += [batched.submit(torch.randn(1, 4)) for _ in range(50)]
+    """, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "done 50" in result.stdout
+
+
+def test_protections_off_the_lanes_race_and_the_sim_catches_it():
+    """The proof that the lanes encode at once through the runtime: with the runtime's
+    protections off, two lanes running the story block's layer_norm meet inside the shared
+    kernel object (a race meeting makes the overlap certain) and the sim reports the violation
+    Metal would crash on; with protections on, none."""
+    code = """
+        import threading, torch, mps_threadsafe
+        from mps_threadsafe import BatchedModule
+        from mps_threadsafe.suites import workloads
+        sim = torch.mps_sim
+        sim.set_violation_policy("count")
+        sim.set_protections({protect})
+        model = workloads.replicate(workloads.build("story_block"), "mps_sim")
+        x = workloads.input_for("story_block", 1).to("mps_sim")
+        with torch.no_grad():
+            model(x); sim.synchronize()
+        meeting = threading.Barrier(2, timeout=60)
+        def met(x):
+            meeting.wait()  # both lanes start their batch together
+            return model(x)
+        if not {protect}:  # protected, the second lane cannot reach the object to meet
+            sim.set_race_meeting("shared_object", 5_000_000)
+        with BatchedModule(met, workers=2, device="mps_sim") as batched:
+            threads = [threading.Thread(target=batched, args=(x,)) for _ in range(2)]
+            [t.start() for t in threads]; [t.join() for t in threads]
+        sim.set_race_meeting("shared_object", 0)
+        print("VIOLATIONS", len(sim.violations()))
+    """
+    off = run_python(code.format(protect="False"), timeout=240)
+    on = run_python(code.format(protect="True"), timeout=240)
+    assert on.returncode == 0, on.stderr
+    assert "VIOLATIONS 0" in on.stdout
+    assert off.returncode == 0, off.stderr
+    count = int(off.stdout.split("VIOLATIONS")[1].split()[0])
+    assert count > 0, off.stdout
+
+
+def test_every_stats_key_is_documented():
+    with BatchedModule(nn.Linear(2, 2).eval(), workers=1) as batched:
+        batched(torch.randn(1, 2))
+        keys = set(batched.stats())
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "stats.md").read_text()
+    section = doc.split("## `BatchedModule.stats()`", 1)[1]
+    undocumented = sorted(k for k in keys if f"| `{k}` |" not in section)
+    assert not undocumented, f"docs/stats.md does not document {undocumented}"
