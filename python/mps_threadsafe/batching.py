@@ -279,9 +279,14 @@ class BatchedModule:
         self.model = model
         self.max_wait_s = float(max_wait_ms) / 1e3
         self.pad = pad
-        self.device = _model_device(model) if device is None else torch.device(device)
+        model_device = _model_device(model)
+        self.device = model_device if device is None else torch.device(device)
         if self.device.type != "cpu" and self.device.index is None:
             self.device = torch.device(self.device.type, 0)
+        if isinstance(model, torch.nn.Module) and any(
+                t.device != self.device for t in (*model.parameters(), *model.buffers())):
+            raise ValueError(f"BatchedModule: the model's parameters are on {model_device}, not "
+                             f"on device={self.device}; move the model first (model.to(...))")
         self.output_device = None if output_device is None else torch.device(output_device)
         self._param_dtype = _floating_parameter_dtype(model)
         self._device_module = _device_module(self.device)
@@ -576,8 +581,8 @@ class BatchedModule:
                 output = _tree_map(lambda t: t.to(self.output_device), output)
             if lane.stream is not None:
                 lane.stream.synchronize()  # the batch's error, if any, belongs to this batch
-            if len(batch) == 1 and not padded:
-                return [output]
+            # Checked for a batch of one too, so whether a call fails never depends on whether
+            # it happened to be batched.
             total = sum(r.rows for r in batch)
             for tensor in _tree_tensors(output):
                 if tensor.dim() == 0 or tensor.shape[0] != total:
@@ -585,6 +590,8 @@ class BatchedModule:
                         f"BatchedModule: the model returned a tensor of shape "
                         f"{tuple(tensor.shape)} for a batch of {total} samples; every output "
                         "needs the batch dimension first to be split between callers")
+            if len(batch) == 1 and not padded:
+                return [output]  # exactly what the model returned for this call alone
             results, start = [], 0
             for request in batch:
                 rows = slice(start, start + request.rows)

@@ -589,3 +589,29 @@ def test_every_stats_key_is_documented():
     section = doc.split("## `BatchedModule.stats()`", 1)[1]
     undocumented = sorted(k for k in keys if f"| `{k}` |" not in section)
     assert not undocumented, f"docs/stats.md does not document {undocumented}"
+
+
+def test_an_output_without_the_batch_dimension_fails_alone_as_in_a_batch():
+    """Whether a call fails must not depend on whether it happened to share a batch."""
+    inner = on_device(nn.Linear(4, 2).eval())
+
+    def model(x):
+        return inner(x), inner.weight.sum()  # a 0-d output cannot be split
+
+    gate = Gate(model)
+    with BatchedModule(gate, workers=1, device=DEVICE) as batched:
+        with pytest.raises(RuntimeError, match="batch dimension first"):
+            gate.opened.set()
+            batched(torch.randn(1, 4))  # alone
+    gate = Gate(model)
+    gate.opened.set()
+    with BatchedModule(gate, workers=1, device=DEVICE) as batched:
+        futures = [batched.submit(torch.randn(1, 4)) for _ in range(3)]
+        for future in futures:
+            with pytest.raises(RuntimeError, match="batch dimension first"):
+                future.result(TIMEOUT)
+
+
+def test_a_model_on_another_device_than_device_is_refused():
+    with pytest.raises(ValueError, match="move the model first"):
+        BatchedModule(nn.Linear(2, 2).eval(), device=DEVICE)
