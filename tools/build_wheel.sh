@@ -16,7 +16,8 @@
 #   5. The wheel is built with MPS on (the build fails if CMake turned USE_MPS off):
 #      dist/torch-2.14.1+mpsts-*.whl.
 #   6. A fresh venv installs the wheel, checks that MPS is built in, and runs
-#      test/test_mps_threadsafe.py (it skips itself without an Apple GPU, as on GitHub's runners).
+#      test/test_mps_threadsafe.py and test/test_mps_batched_module.py (they skip themselves
+#      without an Apple GPU, as on GitHub's runners).
 #
 # Environment:
 #   PYTORCH_SRC, PYTHON (default python3), DIST (default dist/), MPSTS_LOCAL_VERSION (mpsts),
@@ -218,7 +219,7 @@ if [ -n "$ccache_bin" ]; then
 fi
 
 if [ "$run_tests" = 1 ]; then
-  step "test/test_mps_threadsafe.py against the installed wheel"
+  step "test/test_mps_threadsafe.py, test/test_mps_batched_module.py against the installed wheel"
   venv="$dist/.venv-test"
   rm -rf "$venv"
   "$python" -m venv "$venv"
@@ -228,7 +229,8 @@ if [ "$run_tests" = 1 ]; then
 import torch
 assert torch.backends.mps.is_built(), 'this torch was built without MPS'
 print('torch', torch.__version__, '| MPS built: True | MPS available:', torch.backends.mps.is_available())" &&
-   "$venv/bin/python" "$src/test/test_mps_threadsafe.py" -v)
+   "$venv/bin/python" "$src/test/test_mps_threadsafe.py" -v &&
+   "$venv/bin/python" "$src/test/test_mps_batched_module.py" -v)
 fi
 echo
 echo "build_wheel: done. Install with: pip install $wheel"

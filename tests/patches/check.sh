@@ -9,7 +9,9 @@
 #       in series order, to those exact files with `git apply` (no fuzz; a hunk without context
 #       is refused); every .edits file targets only files the wheel does not carry (otherwise a
 #       context patch is possible and required) and every function it anchors on is in the
-#       v2.14.1 symbol table (libtorch_cpu/libtorch_python);
+#       v2.14.1 symbol table (libtorch_cpu/libtorch_python); the torch/mps/batching.py that
+#       0017 creates is python/mps_threadsafe/batching.py byte for byte (else: run
+#       tools/make_batching_patch.py);
 #   (c) the runtime (aten_mps/*.cpp) and every header the series adds or changes compile against
 #       the patched v2.14.1 headers; installed headers the series adds or changes compile
 #       without the runtime's headers (the wheel does not install them);
@@ -170,6 +172,19 @@ for edits in "${ordered[@]}"; do
   done < <(python3 "$root/tools/anchored_edit.py" symbols "$edits" | sort -u)
   echo "   $name: $count anchored functions, each in the v2.14.1 symbol table"
 done
+# torch.mps ships the mps_threadsafe package's batcher (0017): the file the series creates must
+# be python/mps_threadsafe/batching.py byte for byte, and the patch what the generator writes.
+step "(b) torch/mps/batching.py (0017) is python/mps_threadsafe/batching.py"
+batching_fix="python/mps_threadsafe/batching.py changed: run \`python3 tools/make_batching_patch.py\` and commit patches/0017-mps-batched-module.patch"
+[ -f "$tree/torch/mps/batching.py" ] || fail "the series creates no torch/mps/batching.py (patches/0017-mps-batched-module.patch)"
+cmp -s "$tree/torch/mps/batching.py" "$root/python/mps_threadsafe/batching.py" ||
+  fail "torch/mps/batching.py as patches/0017 creates it differs from python/mps_threadsafe/batching.py
+$(diff -u --label "0017's torch/mps/batching.py" --label python/mps_threadsafe/batching.py \
+    "$tree/torch/mps/batching.py" "$root/python/mps_threadsafe/batching.py" | head -n 20)
+$batching_fix"
+out=$(python3 "$root/tools/make_batching_patch.py" --check 2>&1) || fail "$out
+$batching_fix"
+echo "   torch/mps/batching.py: identical ($(wc -c <"$tree/torch/mps/batching.py") bytes); 0017 is what tools/make_batching_patch.py writes"
 
 # ---- include roots: the patched tree first, then the wheel's installed headers ----------
 inc=$tree
