@@ -14,7 +14,17 @@ A lane is one stream with at most one batch on it at a time; there are ``workers
 as many worker threads. A batch runs inside ``with <device>.stream(lane.stream)`` and ends with
 that stream's synchronize, so its result (or its error) is known before any caller sees it.
 Lanes, not threads, are what run in parallel: a lane may be run by a worker or by a caller
-(Note [The caller runs its own batch]), never by two threads at once.
+(Note [A lane's stream is its worker's own]
+With thread safety on, the thread policy gives each thread a pool stream no other thread holds,
+but a stream handed out by ``Stream()`` (round robin) is not held by anyone: the policy may
+bind a caller thread to it later, and that thread's own work would then queue behind the
+lane's batches and share their command buffers (and their GPU errors). So each worker takes
+its lane's stream through the policy, as its own thread's stream, at start: no other thread
+is bound to it while the batcher lives. With thread safety off (every thread on the default
+stream, which would serialize the lanes) or on a device whose streams have no such policy,
+the lane takes a stream of the pool with ``Stream()``.
+
+Note [The caller runs its own batch]), never by two threads at once.
 
 Note [The caller runs its own batch]
 A blocking call that finds nothing waiting and a lane free runs its batch itself, on its own
@@ -295,8 +305,7 @@ class BatchedModule:
                 f"BatchedModule: workers={self.workers} needs streams, and this torch has no "
                 f"stream API for {self.device.type} (torch.{self.device.type}.Stream / .stream): "
                 "install the thread-safe build, or use workers=1")
-        self._lanes = [_Lane(i, self._device_module.Stream() if self._device_module else None)
-                       for i in range(self.workers)]
+        self._lanes = [_Lane(i, None) for i in range(self.workers)]
         self._free_lanes = list(reversed(self._lanes))
 
         self._cond = threading.Condition(threading.Lock())
@@ -311,10 +320,21 @@ class BatchedModule:
         self._waits = collections.deque(maxlen=STATS_WINDOW)
         self._latencies = collections.deque(maxlen=STATS_WINDOW)
 
-        self._threads = [threading.Thread(target=self._worker, name=f"BatchedModule-worker-{i}",
-                                          daemon=True) for i in range(self.workers)]
+        # Each worker takes its lane's stream on its own thread (Note [A lane's stream is its
+        # worker's own]) before the batcher accepts a call.
+        started = [threading.Event() for _ in self._lanes]
+        failures = []
+        self._threads = [threading.Thread(target=self._worker, args=(lane, started[lane.index],
+                                                                     failures),
+                                          name=f"BatchedModule-worker-{lane.index}", daemon=True)
+                         for lane in self._lanes]
         for thread in self._threads:
             thread.start()
+        for event in started:
+            event.wait()
+        if failures:
+            self.close()
+            raise failures[0]
         _live_batchers.add(self)
 
     # ---- calls ---------------------------------------------------------------------------------
@@ -503,7 +523,29 @@ class BatchedModule:
             return 0.0
         return max(0.0, queue[0].accepted + self.max_wait_s - time.perf_counter())
 
-    def _worker(self):
+    def _take_lane_stream(self):
+        """The stream of this worker's lane (Note [A lane's stream is its worker's own])."""
+        module = self._device_module
+        if module is None:
+            return None
+        is_threadsafe = getattr(module, "is_threadsafe", None)
+        current, default = (getattr(module, name, None) for name in ("current_stream",
+                                                                     "default_stream"))
+        if is_threadsafe is not None and current is not None and default is not None \
+                and is_threadsafe():
+            own = current()  # binds this thread to a pool stream of its own
+            if own.stream_id != default().stream_id:
+                return own
+        return module.Stream()
+
+    def _worker(self, lane, started, failures):
+        try:
+            lane.stream = self._take_lane_stream()
+        except Exception as error:  # raised by the constructor
+            failures.append(error)
+            return
+        finally:
+            started.set()
         with self._cond:
             while True:
                 if not self._pending_count:

@@ -615,3 +615,28 @@ def test_an_output_without_the_batch_dimension_fails_alone_as_in_a_batch():
 def test_a_model_on_another_device_than_device_is_refused():
     with pytest.raises(ValueError, match="move the model first"):
         BatchedModule(nn.Linear(2, 2).eval(), device=DEVICE)
+
+
+def test_no_caller_thread_is_bound_to_a_lanes_stream():
+    """Note [A lane's stream is its worker's own]: with thread safety on, the lanes' streams
+    are their workers' own, so the thread policy binds no caller to one (a caller's work would
+    otherwise queue behind the lane's batches and share their command buffers)."""
+    torch.mps_sim.set_threadsafe(True)
+    model = on_device(nn.Linear(4, 4).eval())
+    with BatchedModule(model, workers=3) as batched:
+        lanes = set(batched.stats()["lane_streams"])
+        bound = []
+        ready = threading.Barrier(8, timeout=TIMEOUT)
+
+        def caller():
+            bound.append(torch.mps_sim.current_stream().stream_id)
+            batched(torch.randn(1, 4))
+            ready.wait()  # all 8 alive at once: 8 distinct bindings
+
+        threads = [threading.Thread(target=caller) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(TIMEOUT)
+    assert len(lanes) == 3 and 0 not in lanes
+    assert len(set(bound)) == 8 and not lanes & set(bound)
