@@ -1,4 +1,5 @@
-"""python -m mps_threadsafe {story,bench,stress,stats} [options]; each has its own --help.
+"""python -m mps_threadsafe {story,bench,stress,stats,serve-bench} [options]; each has its own
+--help.
 
 Note [Validate before work]
 Every argument is checked while parsing, before a model is built or a round started: a run
@@ -20,6 +21,10 @@ STATS_MAX_THREADS = 256
 STATS_THREADS_WHY = "stats runs a short workload; the pool has 32 streams; use stress for load"
 STATS_MAX_ITERATIONS = 100_000
 STATS_ITERATIONS_WHY = "stats runs a short workload; use stress for long runs"
+# serve-bench: each client is a thread, each lane a worker thread and a stream; the bounds keep
+# a typo (--clients 100000) from starting threads by the hundred thousand.
+SERVE_MAX_CLIENTS = 1024
+SERVE_MAX_WORKERS = 256
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -33,21 +38,32 @@ class OneLineParser(argparse.ArgumentParser):
 # ---- Argument types: each raises ArgumentTypeError with the reason -----------------------------
 
 
-def positive_int_list(text):
-    values = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            value = int(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"'{part}' is not a whole number (give thread counts like 1,2,4,8)") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{value} threads: a thread count must be 1 or more")
-        values.append(value)
-    if len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"'{text}' repeats a thread count")
-    return tuple(values)
+def count_list(noun, maximum=None, why=None):
+    """A comma-separated list of distinct whole numbers >= 1 (thread or client counts), each at
+    most `maximum` when given (`why` says where the bound comes from)."""
+    def parse(text):
+        values = []
+        for part in text.split(","):
+            part = part.strip()
+            try:
+                value = int(part)
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"'{part}' is not a whole number (give {noun} counts like 1,2,4,8)") from None
+            if value < 1:
+                raise argparse.ArgumentTypeError(
+                    f"{value} {noun}s: a {noun} count must be 1 or more")
+            if maximum is not None and value > maximum:
+                raise argparse.ArgumentTypeError(
+                    f"{value:,} {noun}s: at most {maximum:,} ({why})")
+            values.append(value)
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"'{text}' repeats a {noun} count")
+        return tuple(values)
+    return parse
+
+
+positive_int_list = count_list("thread")
 
 
 def positive_int(text):
@@ -77,6 +93,17 @@ def positive_seconds(text):
         raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text} s: the duration must be more than 0 seconds")
+    return value
+
+
+def milliseconds(text):
+    """A wait in milliseconds: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of milliseconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} ms: give a number of milliseconds >= 0")
     return value
 
 
@@ -131,7 +158,7 @@ def plot_file(text):
 
 def build_parser():
     # Model names only: importing workloads would import torch (seconds) for --help.
-    from .suites.models import ALL_MODELS, BENCH_MODELS, STRESS_MODELS
+    from .suites.models import ALL_MODELS, BENCH_MODELS, SERVE_MODELS, STRESS_MODELS
 
     parser = OneLineParser(
         prog=PROG, description="Thread-safety suites for MPS / mps_sim, and the runtime's "
@@ -195,6 +222,48 @@ def build_parser():
                         help="seconds (default 300, --quick 20); every configuration runs at "
                              "least once however short")
 
+    serve = commands.add_parser(
+        "serve-bench", help="serving: BatchedModule vs threads alone vs one-thread batching",
+        description="One shared model instance, C closed-loop clients each sending one sample "
+                    "(batch 1) and waiting for its result, three ways: threads alone (each "
+                    "client calls the model on its own stream), one-thread batching "
+                    "(BatchedModule, workers=1) and the batcher (BatchedModule, --workers "
+                    "lanes). Each (model, setup, clients) cell in its own subprocess: samples/s, "
+                    "p50/p99 latency, errors, batch stats; each client's first and last result "
+                    "checked against the CPU. Exit status 0 when every cell ran ok and correct "
+                    "(the goal checks are reported; --require-goal requires them).")
+    serve.set_defaults(command_parser=serve)
+    serve.add_argument("--device", choices=DEVICES, default=None,
+                       help="default: mps when available, else mps_sim (thread safety on)")
+    serve.add_argument("--quick", action="store_true",
+                       help="small sizes (CI): 0.5 s per cell, clients 1,2,4")
+    serve.add_argument("--models", type=model_list(ALL_MODELS), metavar="M[,M...]",
+                       help=f"default: {','.join(SERVE_MODELS)}; any of: {', '.join(ALL_MODELS)}")
+    serve.add_argument("--clients", type=count_list("client", SERVE_MAX_CLIENTS,
+                                                    "each client is a thread"),
+                       metavar="C[,C...]",
+                       help="client counts (default 1,2,4,8,16,32,64; --quick 1,2,4; 1 is always "
+                            f"run: the latency check's base; at most {SERVE_MAX_CLIENTS})")
+    serve.add_argument("--seconds", type=positive_seconds, metavar="S",
+                       help="measured seconds per cell, after the warm-up (default 3, --quick 0.5)")
+    serve.add_argument("--workers", type=int_up_to(SERVE_MAX_WORKERS,
+                                                   "each lane is a worker thread and a stream"),
+                       default=4, metavar="K",
+                       help="the batcher's lanes, BatchedModule(workers=K) (default 4)")
+    serve.add_argument("--max-batch", type=positive_int, default=8, metavar="M",
+                       help="BatchedModule(max_batch=M) of both batching setups (default 8)")
+    serve.add_argument("--max-wait-ms", type=milliseconds, default=0.0, metavar="MS",
+                       help="BatchedModule(max_wait_ms=MS) of both batching setups (default 0)")
+    serve.add_argument("--require-goal", action="store_true",
+                       help="exit status 1 unless both goal checks pass for every model (batcher "
+                            ">= the better of the other two at every client count; its p99 at 1 "
+                            "client <= 2x threads alone's)")
+    serve.add_argument("--json", metavar="PATH", type=writable_file,
+                       help="write the metadata, every cell and the verdict")
+    serve.add_argument("--plot", metavar="PATH", type=plot_file,
+                       help="PNG of samples/s and p99 latency against clients, a panel per model "
+                            "(needs matplotlib)")
+
     stats = commands.add_parser(
         "stats", help="run a short threaded workload on mps_sim and summarize the counters",
         description="Runs MODEL from N threads on mps_sim (thread safety on) and prints "
@@ -223,6 +292,9 @@ def main(argv=None):
     if argv[:1] == ["_round"]:
         from .suites import rounds
         return rounds.child_main(argv[1])
+    if argv[:1] == ["_serve_round"]:
+        from .suites import serve
+        return serve.child_main(argv[1])
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -243,6 +315,8 @@ def main(argv=None):
         from .suites import story as suite
     elif args.suite == "bench":
         from .suites import bench as suite
+    elif args.suite == "serve-bench":
+        from .suites import serve as suite
     else:
         from .suites import stress as suite
     return suite.main(args)

@@ -88,3 +88,74 @@ def plot_bench(path, rows, meta):
     fig.savefig(path, dpi=120)
     plt.close(fig)
     print(f"\nplot written to {path}")
+
+
+SERVE_STYLES = {"threads": ("tab:blue", "s", "--"), "batching": ("tab:orange", "^", ":"),
+                "batcher": ("tab:green", "o", "-")}
+
+
+def plot_serve(path, cells, meta, settings):
+    """serve-bench (--plot PATH): a column per model; top, samples/s against clients (log2 x);
+    bottom, p99 latency (log) against clients; a line per setup. Failed cells are left out of
+    the lines and marked with an x at the bottom of their panel."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import (FixedFormatter, FixedLocator, FuncFormatter, LogLocator,
+                                   NullLocator)
+
+    from .serve import SETUP_LABELS, SETUPS
+
+    models = list(dict.fromkeys(c["model"] for c in cells))
+    clients = sorted({c["clients"] for c in cells})
+    fig, axes = plt.subplots(2, len(models), figsize=(5.2 * len(models) + 0.6, 7.6),
+                             squeeze=False)
+    for column, model in enumerate(models):
+        rate_axis, p99_axis = axes[0][column], axes[1][column]
+        for setup in SETUPS:
+            colour, marker, style = SERVE_STYLES[setup]
+            mine = sorted((c for c in cells if c["model"] == model and c["setup"] == setup),
+                          key=lambda c: c["clients"])
+            good = [c for c in mine if c.get("passed")]
+            label = f"{setup}: {SETUP_LABELS[setup]}"
+            if setup != "threads":
+                label += f", workers={1 if setup == 'batching' else settings['workers']}"
+            rate_axis.plot([c["clients"] for c in good], [c["samples_per_s"] for c in good],
+                           style, marker=marker, color=colour, label=label)
+            p99_axis.plot([c["clients"] for c in good], [c["p99_ms"] for c in good], style,
+                          marker=marker, color=colour, label=label)
+            bad = [c["clients"] for c in mine if not c.get("passed")]
+            for axis in (rate_axis, p99_axis):
+                if bad:
+                    axis.plot(bad, [0.02] * len(bad), "x", color=colour, markersize=9,
+                              transform=axis.get_xaxis_transform(), clip_on=False)
+        rate_axis.set_ylim(bottom=0)
+        rate_axis.set_title(f"{model}: throughput")
+        rate_axis.set_ylabel("samples/s")
+        p99_axis.set_yscale("log")
+        p99_axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        p99_axis.yaxis.set_minor_locator(NullLocator())
+        p99_axis.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        p99_axis.set_title(f"{model}: p99 latency per call")
+        p99_axis.set_ylabel("p99 ms (log)")
+        for axis in (rate_axis, p99_axis):
+            axis.set_xscale("log", base=2)
+            axis.set_xlim(clients[0] / 1.3, clients[-1] * 1.3)
+            axis.xaxis.set_major_locator(FixedLocator(clients))
+            axis.xaxis.set_major_formatter(FixedFormatter([str(n) for n in clients]))
+            axis.xaxis.set_minor_locator(NullLocator())
+            axis.set_xlabel("clients (closed loop, 1 sample per call)")
+            axis.grid(True, which="major", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    columns = len(SETUPS) if len(models) > 1 else 1
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8.5, frameon=False)
+    legend_rows = -(-len(labels) // columns)
+    fig.suptitle(f"serve-bench: {report.title_suffix(meta)}\none shared model, "
+                 f"{settings['seconds']:g} s per cell, max_batch={settings['max_batch']}, "
+                 f"max_wait_ms={settings['max_wait_ms']:g}"
+                 + ("; x: a failed cell" if any(not c.get("passed") for c in cells) else ""),
+                 fontsize=10.5)
+    fig.tight_layout(rect=(0, 0.025 * legend_rows + 0.015, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"\nplot written to {path}")

@@ -1,7 +1,8 @@
 """Each measurement round in its own subprocess, so a crash (the process dying on a signal,
 as Metal kills it on a violation) is observed and counted by the parent, never retried.
 
-The child is `python -m mps_threadsafe _round SPEC_JSON`; it prints one line
+The child is `python -m mps_threadsafe _round SPEC_JSON` (a threaded round, threads.py) or
+another child entry point (`_serve_round`: one serve-bench cell, serve.py); it prints one line
 `MPS_THREADSAFE_RESULT {json}` and exits.
 """
 
@@ -14,9 +15,10 @@ import sys
 RESULT_TAG = "MPS_THREADSAFE_RESULT "
 
 
-def run_round(spec, timeout):
-    """Runs one round; returns its result dict with `outcome`: ok, crash, hang or error."""
-    command = [sys.executable, "-m", "mps_threadsafe", "_round", json.dumps(spec)]
+def run_round(spec, timeout, entry="_round"):
+    """Runs one round (`entry`: the child entry point); returns its result dict with
+    `outcome`: ok, crash, hang or error."""
+    command = [sys.executable, "-m", "mps_threadsafe", entry, json.dumps(spec)]
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                               env=dict(os.environ))
