@@ -27,19 +27,26 @@ the lane takes a stream of the pool with ``Stream()``.
 Note [The caller runs its own batch]), never by two threads at once.
 
 Note [The caller runs its own batch]
-A blocking call that finds nothing waiting and a lane free runs its batch itself, on its own
-thread, on that lane: handing the work to a worker and waiting for it costs two thread
-switches (about 0.1-0.2 ms in CPython) and buys nothing when there is nothing to batch with.
-So up to ``workers`` concurrent callers cost what calling the model from their own threads
-costs (each on a lane's stream), and a lone caller never waits for a batch to fill. Only when
-every lane is busy do calls queue; the workers then take them in batches as lanes free up,
-which is when batching pays. Futures (``submit``) always go through the queue.
+A blocking call that finds nothing waiting, a lane free and no more calls in flight than
+there are lanes runs its batch itself, on its own thread: handing the work to a worker and
+waiting for it costs two thread switches (about 0.1-0.2 ms in CPython) and buys nothing when
+there is nobody to batch with. With thread safety on it runs on its own thread's stream, as
+calling the model from that thread would (switching it to a lane's stream costs time, and a
+different stream each call makes every buffer cross streams); with it off, that stream is the
+default one every thread shares, so it runs on the lane's. So up to ``workers`` concurrent
+callers cost what calling the model from their own threads costs, and a lone caller never
+waits for a batch to fill. Futures (``submit``) always go through the queue.
 
-Note [Dispatch never waits for a free lane]
-The batcher is work-conserving: a free lane takes whatever is waiting at once. With
-``max_wait_ms`` > 0 a free worker holds a partial batch open for more samples for up to that
-long, but only while another batch is running: an idle device never waits (Triton's
-``max_queue_delay`` defaults to 0 for the same reason).
+Note [When a batch leaves]
+Once there are more calls in flight (accepted, not yet answered) than lanes, calls queue and
+the workers take them as lanes free up. A free worker takes the oldest group as soon as it
+holds its fair share of the calls in flight, ceil(in flight / lanes) samples (at most
+``max_batch``), or its oldest call has waited ``max_wait_ms``. In a closed loop the callers of
+a finished batch come back within microseconds, and without the fair share the first of them
+would leave alone on the lane that just freed, the rest queueing behind it: batches would
+alternate between one call and all the others. ``max_wait_ms`` = 0 takes whatever is waiting
+at once (work-conserving, as Triton's ``max_queue_delay`` default). A lone caller never waits:
+it runs its own batch (Note [The caller runs its own batch]).
 
 Note [What a batch runs under]
 A batch mixes callers, so it cannot run under any one caller's thread-local modes: it runs
@@ -252,9 +259,9 @@ class BatchedModule:
             batch dimension first and whose samples do not depend on each other.
         max_batch (int): the most samples one batch holds (default 8). A call with more rows
             runs alone.
-        max_wait_ms (float): how long a free worker may hold a partial batch open for more
-            samples while another batch is running (default 0: never; Note [Dispatch never
-            waits for a free lane]). A lone caller never waits.
+        max_wait_ms (float): the longest a queued call waits for its batch to reach its fair
+            share of the calls in flight (default 1; 0: take whatever is waiting at once; Note
+            [When a batch leaves]). A lone caller never waits.
         workers (int): lanes (streams) that run batches at once, one worker thread each
             (default 2).
         device: where the model runs (default: the device of its first parameter or buffer,
@@ -271,7 +278,7 @@ class BatchedModule:
     exactly its callers. ``stats()`` returns the counters (docs/stats.md).
     """
 
-    def __init__(self, model, max_batch=8, max_wait_ms=0.0, workers=2, *, device=None, pad=None,
+    def __init__(self, model, max_batch=8, max_wait_ms=1.0, workers=2, *, device=None, pad=None,
                  output_device=None):
         if not callable(model):
             raise TypeError(f"BatchedModule: model must be callable, got {type(model).__name__}")
@@ -311,6 +318,7 @@ class BatchedModule:
         self._cond = threading.Condition(threading.Lock())
         self._pending = collections.OrderedDict()  # group key -> deque of _Request
         self._pending_count = 0
+        self._in_flight = 0  # accepted calls not yet answered (Note [When a batch leaves])
         self._closed = False
         self._forked = False
         self._pid = os.getpid()
@@ -344,7 +352,8 @@ class BatchedModule:
         bounds the wait for a batch (TimeoutError; a call not yet in a batch is withdrawn)."""
         request, lane = self._accept(args, may_run_here=True)
         if lane is not None:  # Note [The caller runs its own batch]
-            self._run_and_release(lane, [request])
+            own = self._device_module is not None and self._callers_stream_is_its_own()
+            self._run_and_release(lane, [request], on_own_stream=own)
             return request.future.result()
         try:
             return request.future.result(timeout)
@@ -411,8 +420,9 @@ class BatchedModule:
                                          "before close() and refuses new ones")
             self._counts["requests"] += 1
             self._counts["samples"] += rows
+            self._in_flight += 1
             if (may_run_here and self._pending_count == 0 and self._free_lanes
-                    and (self.max_wait_s == 0 or len(self._free_lanes) == len(self._lanes))):
+                    and self._in_flight <= len(self._lanes)):
                 request.future.set_running_or_notify_cancel()
                 request.started = time.perf_counter()
                 self._counts["caller_run_batches"] += 1
@@ -502,6 +512,7 @@ class BatchedModule:
                 self._pending_count -= 1
                 if not request.future.set_running_or_notify_cancel():
                     self._counts["cancelled"] += 1
+                    self._in_flight -= 1
                     continue
                 request.started = time.perf_counter()
                 batch.append(request)
@@ -513,13 +524,14 @@ class BatchedModule:
         return None
 
     def _hold_open_for(self):
-        """Seconds a free worker should still wait for the oldest group to fill (Note
-        [Dispatch never waits for a free lane]); 0 to run now."""
-        if self.max_wait_s == 0 or len(self._free_lanes) == len(self._lanes):
+        """Seconds a free worker should still wait for the oldest group to reach its fair share
+        (Note [When a batch leaves]); 0 to take it now."""
+        if self.max_wait_s == 0 or self._closed:
             return 0.0
         key = min(self._pending, key=lambda k: self._pending[k][0].accepted)
         queue = self._pending[key]
-        if isinstance(key, _Alone) or sum(r.rows for r in queue) >= self.max_batch:
+        fair_share = min(self.max_batch, -(-self._in_flight // len(self._lanes)))
+        if isinstance(key, _Alone) or sum(r.rows for r in queue) >= fair_share:
             return 0.0
         return max(0.0, queue[0].accepted + self.max_wait_s - time.perf_counter())
 
@@ -570,9 +582,15 @@ class BatchedModule:
                 finally:
                     self._cond.acquire()
 
-    def _run_and_release(self, lane, batch):
+    def _callers_stream_is_its_own(self):
+        """Whether the calling thread's current stream is its own (Note [The caller runs its
+        own batch]): thread safety on, so the policy gave it a stream no other thread holds."""
+        is_threadsafe = getattr(self._device_module, "is_threadsafe", None)
+        return is_threadsafe is not None and bool(is_threadsafe())
+
+    def _run_and_release(self, lane, batch, on_own_stream=False):
         try:
-            self._run(lane, batch)
+            self._run(lane, batch, on_own_stream)
         finally:
             with self._cond:
                 lane.batches += 1
@@ -580,11 +598,11 @@ class BatchedModule:
 
     # ---- running a batch -----------------------------------------------------------------------
 
-    def _run(self, lane, batch):
+    def _run(self, lane, batch, on_own_stream=False):
         """Runs one batch on its lane and settles every caller's future (Note [What a batch runs
         under]); an error settles them all with it and reaches no one else."""
         try:
-            results = self._compute(lane, batch)
+            results = self._compute(lane, batch, on_own_stream)
         except Exception as error:
             self._settle(batch, error=error)
             return
@@ -598,10 +616,16 @@ class BatchedModule:
             raise
         self._settle(batch, results=results)
 
-    def _compute(self, lane, batch):
+    def _compute(self, lane, batch, on_own_stream):
         device = self.device
-        stream_context = (self._device_module.stream(lane.stream) if lane.stream is not None
-                          else contextlib.nullcontext())
+        stream = lane.stream
+        if on_own_stream:
+            stream = self._device_module.current_stream()
+            stream_context = contextlib.nullcontext()
+        elif stream is not None:
+            stream_context = self._device_module.stream(stream)
+        else:
+            stream_context = contextlib.nullcontext()
         with torch.no_grad(), _autocast_off(device), stream_context:
             first = batch[0]
             # A batch of one runs as the model would run it alone: unpadded, without a mask.
@@ -621,8 +645,8 @@ class BatchedModule:
             output = self.model(*inputs, **kwargs)
             if self.output_device is not None:
                 output = _tree_map(lambda t: t.to(self.output_device), output)
-            if lane.stream is not None:
-                lane.stream.synchronize()  # the batch's error, if any, belongs to this batch
+            if stream is not None:
+                stream.synchronize()  # the batch's error, if any, belongs to this batch
             # Checked for a batch of one too, so whether a call fails never depends on whether
             # it happened to be batched.
             total = sum(r.rows for r in batch)
@@ -649,6 +673,9 @@ class BatchedModule:
     def _settle(self, batch, results=None, error=None):
         done = time.perf_counter()
         with self._cond:
+            self._in_flight -= len(batch)
+            if self._pending_count:
+                self._cond.notify()  # a smaller fair share may let a held batch leave
             self._counts["batches"] += 1
             self._batch_sizes[sum(r.rows for r in batch)] += 1
             if len(batch) == 1:
@@ -755,11 +782,13 @@ def _device_module(device):
 
 
 def _autocast_off(device):
+    """Autocast off for the cpu and the device, where the calling thread has it on (entering
+    torch.autocast costs about 10 us, so only where it is needed)."""
     stack = contextlib.ExitStack()
-    stack.enter_context(torch.autocast("cpu", enabled=False))
-    if device.type != "cpu":
+    for device_type in dict.fromkeys(("cpu", device.type)):
         try:
-            stack.enter_context(torch.autocast(device.type, enabled=False))
+            if torch.is_autocast_enabled(device_type):
+                stack.enter_context(torch.autocast(device_type, enabled=False))
         except RuntimeError:  # a device type autocast does not know
             pass
     return stack

@@ -159,9 +159,12 @@ def test_calls_queued_while_the_lane_is_busy_form_batches_of_max_batch():
     assert stats["ran_alone"] == 1
 
 
-def test_two_lanes_run_two_batches_at_once_on_two_streams():
+@pytest.mark.parametrize("how", ["callers_run_them", "workers_run_them"])
+def test_two_batches_run_at_once_on_two_streams(how):
     """Each batch waits inside the model for the other: the test completes only if the two
-    lanes run at the same time, and each batch's ops run on its own lane's stream."""
+    run at the same time. Callers that find a lane free run their batch on their own thread's
+    stream (Note [The caller runs its own batch]); queued calls (futures) run on the lanes'
+    streams."""
     torch.mps_sim.set_threadsafe(True)
     master = nn.Linear(8, 4).eval()
     inner = on_device(master)
@@ -173,16 +176,30 @@ def test_two_lanes_run_two_batches_at_once_on_two_streams():
         meeting.wait()
         return inner(x)
 
-    xs = [torch.randn(2, 8), torch.randn(3, 8)]
+    # Two sample shapes, so that the two futures cannot share one batch.
+    xs = [torch.randn(2, 5, 8), torch.randn(3, 6, 8)]
     with BatchedModule(model, workers=2, device=DEVICE) as batched:
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            results = list(pool.map(batched, xs))
+        if how == "callers_run_them":
+            own = []
+
+            def call(x):
+                own.append(torch.mps_sim.current_stream().stream_id)
+                return batched(x)
+
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                results = list(pool.map(call, xs))
+            expected_streams = own
+        else:
+            results = [f.result(TIMEOUT) for f in [batched.submit(x) for x in xs]]
         stats = batched.stats()
+    if how == "workers_run_them":
+        expected_streams = stats["lane_streams"]
     for x, y in zip(xs, results):
         assert_close(y, cpu_result(master, x))
     assert stats["max_lanes_busy"] == 2
-    assert sorted(seen_streams) == sorted(stats["lane_streams"])
-    assert len(set(stats["lane_streams"])) == 2 and 0 not in stats["lane_streams"]
+    assert stats["caller_run_batches"] == (2 if how == "callers_run_them" else 0)
+    assert sorted(seen_streams) == sorted(expected_streams)
+    assert len(set(seen_streams)) == 2 and 0 not in seen_streams
 
 
 def test_the_batch_runs_on_its_lane_stream_with_thread_safety_off_too():
@@ -640,3 +657,24 @@ def test_no_caller_thread_is_bound_to_a_lanes_stream():
             t.join(TIMEOUT)
     assert len(lanes) == 3 and 0 not in lanes
     assert len(set(bound)) == 8 and not lanes & set(bound)
+
+
+def test_a_batch_leaves_at_its_fair_share_without_waiting_out_max_wait():
+    """Note [When a batch leaves]: with max_wait_ms far beyond the test's timeout, batches
+    still leave as soon as they hold ceil(in flight / lanes) samples: 3 queued calls, 1 lane."""
+    master = nn.Linear(8, 4).eval()
+    gate = Gate(on_device(master))
+    xs = [torch.randn(1, 8) for _ in range(4)]
+    with BatchedModule(gate, max_batch=8, max_wait_ms=3_600_000, workers=1) as batched:
+        held = batched.submit(xs[0])
+        assert gate.entered.wait(TIMEOUT)
+        queued = [batched.submit(x) for x in xs[1:]]
+        gate.opened.set()
+        for x, f in zip(xs, [held] + queued):
+            assert_close(f.result(TIMEOUT), cpu_result(master, x))
+        alone = torch.randn(2, 8)
+        assert_close(batched(alone), cpu_result(master, alone))  # a lone caller: at once
+        assert_close(batched.submit(alone).result(TIMEOUT), cpu_result(master, alone))
+        stats = batched.stats()
+    assert stats["batch_sizes"] == {1: 1, 2: 2, 3: 1}
+    assert stats["caller_run_batches"] == 1
