@@ -5,15 +5,20 @@ Chapters (each measurement in its own subprocess: Note [Threaded method], rounds
    B=4), every output checked against the CPU; repeated for several rounds.
 2. efficiency: the same block at 1, 2, 4, 8 threads; efficiency = speedup / ideal
    (Note [Efficiency] in report.py), the number the verdict checks.
-3. batching: one model at B=8 vs 8 threads x B=1 vs 4 threads x B=2 (samples/s).
+3. batching: one model at B=8 vs 8 threads x B=1 vs 4 threads x B=2 vs 8 clients x B=1
+   through BatchedModule (dynamic batching on parallel streams; serve.py's cell), samples/s.
 4. correctness: 8 threads on distinct inputs, max abs diff vs the CPU (< 1e-3).
 Run once per mode; `./build.sh story` runs "unsafe" (upstream's behaviour) then "on".
 """
 
-from . import report, rounds
+from . import report, rounds, serve
 
 MODEL = "story_block"
 THREADS = (1, 2, 4, 8)
+# The batching chapter's BatchedModule row: 8 closed-loop clients sending one sample each.
+BATCHER = {"clients": 8, "workers": 4, "max_batch": 8, "max_wait_ms": 1.0}
+BATCHER_LABEL = (f"{BATCHER['clients']} clients x B=1, BatchedModule "
+                 f"(workers={BATCHER['workers']}, max_batch={BATCHER['max_batch']})")
 DEFAULT_MODES = ("unsafe", "on")
 
 # The verdict's checks, by key (the JSON's), with what a person reads.
@@ -24,20 +29,22 @@ CHECK_LABELS = {
     "correct_vs_cpu": "correct vs CPU (max abs diff < 1e-3)",
     "streams_concurrent": "streams used concurrently",
     "efficiency_8_threads": "efficiency at 8 threads >= --min-efficiency",
+    "batcher_correct": "BatchedModule: every client's results equal the CPU's, no errors",
+    "batcher_beats_batching_and_threading": "BatchedModule >= the best of the other batching rows",
 }
 
 
 def sizes(quick):
     return {"rounds": 2 if quick else 5, "safety_iters": 5 if quick else 20,
             "eff_iters": 6 if quick else 30, "batch_iters": 6 if quick else 30,
-            "timeout": 300 if quick else 900}
+            "batcher_seconds": 0.5 if quick else 3.0, "timeout": 300 if quick else 900}
 
 
 def run_mode(device, mode, quick, min_efficiency, cores):
     s = sizes(quick)
     base = {"device": device, "mode": mode, "model": MODEL, "quick": quick}
     out = {"mode": mode}
-    progress = report.Progress(f"story {mode}", s["rounds"] + len(THREADS) + 3 + 1)
+    progress = report.Progress(f"story {mode}", s["rounds"] + len(THREADS) + 4 + 1)
 
     safety = []
     for r in range(s["rounds"]):
@@ -65,6 +72,14 @@ def run_mode(device, mode, quick, min_efficiency, cores):
                                            s["timeout"])
         progress.step(f"batching {label}: {batching[label]['outcome']}")
     out["batching"] = batching
+    # Always "on": the batcher's lanes need thread safety's streams; in mode unsafe its parallel
+    # lanes would crash like the threads do, which the thread_safety chapter counts already.
+    cell = rounds.run_round({"device": device, "model": MODEL, "setup": "batcher", "quick": quick,
+                             "seconds": s["batcher_seconds"], "warmup": serve.WARMUP_CALLS,
+                             **BATCHER}, s["timeout"], entry=serve.ENTRY)
+    serve.classify(cell)
+    out["batcher"] = cell
+    progress.step(f"batching {BATCHER_LABEL}: {cell['status']}")
 
     out["correctness"] = rounds.run_round(dict(base, threads=8, iterations=max(2, s["safety_iters"] // 2),
                                                batch=4, check=True, distinct_inputs=True, seed=7),
@@ -89,6 +104,10 @@ def verdict(device, out, min_efficiency, expected):
     eff8 = out["efficiency"][8].get("efficiency")
     correct = out["correctness"]
     wrong = sum(r.get("wrong", 0) + r.get("error_count", 0) for r in finished)
+    batcher = out["batcher"]
+    batcher_rate = report.measured(batcher, "samples_per_s")
+    others = [report.measured(r, "samples_per_s") for r in out["batching"].values()]
+    best_other = max((v for v in others if v), default=None)
 
     def check(passed, value, required):
         return {"passed": bool(passed), "value": value, "required": required}
@@ -106,6 +125,10 @@ def verdict(device, out, min_efficiency, expected):
                                 and correct["max_abs_diff"] < 1e-3 and correct.get("wrong", 1) == 0,
                                 correct.get("max_abs_diff"), 1e-3),
     }
+    checks["batcher_correct"] = check(batcher.get("passed", False), batcher.get("status"), "ok")
+    checks["batcher_beats_batching_and_threading"] = check(
+        batcher_rate is not None and best_other is not None and batcher_rate >= best_other,
+        None if not (batcher_rate and best_other) else batcher_rate / best_other, 1.0)
     if device != "cpu":
         checks["streams_concurrent"] = check(streams > 1 and (overlap > 1 or device == "mps"),
                                              overlap, 2)
@@ -149,9 +172,14 @@ def summarize(meta, result, min_efficiency):
     lines += [f"**efficiency** (story block, B=4; efficiency = speedup / ideal, ideal = {ideal})",
               "", report.table(["threads", "outcome", "ops/s", "speedup", "ideal", "efficiency",
                                 "p50 ms", "p99 ms", "streams"], rows), ""]
-    rows = [[label, r["outcome"], report.measured(r, "samples_per_s")]
+    rows = [[label, r["outcome"], report.measured(r, "samples_per_s"), None]
             for label, r in result["batching"].items()]
-    lines += ["**batching vs threading**", "", report.table(["setup", "outcome", "samples/s"], rows), ""]
+    b = result["batcher"]
+    rows.append([BATCHER_LABEL, b["status"], report.measured(b, "samples_per_s"),
+                 (b.get("batcher_stats") or {}).get("mean_batch_size")])
+    lines += ["**batching vs threading** (the BatchedModule row: closed-loop clients, one shared "
+              "model; Note [Serving method] in serve.py)", "",
+              report.table(["setup", "outcome", "samples/s", "mean batch"], rows), ""]
     c = result["correctness"]
     lines += [f"**correctness** (8 threads, distinct inputs, vs CPU): outcome {c['outcome']}, "
               f"max abs diff {report.cell(report.measured(c, 'max_abs_diff'))}, wrong outputs "
@@ -161,6 +189,9 @@ def summarize(meta, result, min_efficiency):
         label = CHECK_LABELS[key]
         if key == "efficiency_8_threads":
             label = f"efficiency at 8 threads >= {min_efficiency:g} (got {report.cell(c['value'])})"
+        elif key == "batcher_beats_batching_and_threading":
+            label = (f"BatchedModule >= the best of the other batching rows (ratio "
+                     f"{report.cell(c['value'])})")
         lines.append(f"- [{'x' if c['passed'] else ' '}] {label}")
     return "\n".join(lines)
 
