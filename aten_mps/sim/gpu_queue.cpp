@@ -72,20 +72,22 @@ GpuQueue::GpuQueue(std::shared_ptr<SimDevice::State> state, std::string label)
 
 GpuQueue::~GpuQueue() {
   gpuThread_.stop();
+  handlerThread_->stop();
 }
 
 void GpuQueue::submit(Segment segment) {
   bump(state_->counters.segmentsCommitted);
-  gpuThread_.post([state = state_, segment = std::move(segment)]() mutable {
-    execute(state, segment);
-  });
+  gpuThread_.post([state = state_, handlers = handlerThread_,
+                   segment = std::move(segment)]() mutable { execute(state, handlers, segment); });
 }
 
 void GpuQueue::drainAndStop() {
   gpuThread_.stop();
+  handlerThread_->stop();
 }
 
-void GpuQueue::execute(const std::shared_ptr<SimDevice::State>& state, Segment& segment) {
+void GpuQueue::execute(const std::shared_ptr<SimDevice::State>& state,
+                       const std::shared_ptr<JobThread>& handlers, Segment& segment) {
   SimCounters& counters = state->counters;
   state->enterExecution();
   std::exception_ptr failure;
@@ -138,9 +140,8 @@ void GpuQueue::execute(const std::shared_ptr<SimDevice::State>& state, Segment& 
   if (segment.handlers.empty() && !segment.final) {
     return;
   }
-  state->handlerThread.post([state, handlers = std::move(segment.handlers),
-                             final = std::move(segment.final), status,
-                             error = std::move(error)] {
+  handlers->post([state, handlers = std::move(segment.handlers),
+                  final = std::move(segment.final), status, error = std::move(error)] {
     for (const CompletionHandler& handler : handlers) {
       runHandler(*state, handler, status, error);
     }

@@ -1,7 +1,7 @@
 #pragma once
 
 // One lazily started thread that runs posted jobs one at a time in posting order: a GPU
-// queue's execution thread, the device's completion-handler thread.
+// queue's execution thread, its completion-handler thread.
 //
 // Note [Job thread lifetime]
 // The thread holds its own reference to the shared queue state, never to the JobThread, so

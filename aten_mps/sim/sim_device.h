@@ -15,7 +15,7 @@
 //   deterministically rather than being undefined behaviour.
 // - Execution: committed segments run in commit order on one GPU thread per command queue;
 //   their encoded kernels are real CPU work; event signals and waits act between queues;
-//   completion handlers run on the device's handler thread, never the committing one.
+//   completion handlers run on the queue's handler thread, never the committing one.
 //
 // Violations (violation.h) abort the process with Metal's message by default
 // (crash-faithful), or throw, or are only counted, by setting.

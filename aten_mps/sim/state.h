@@ -76,7 +76,9 @@ struct SimDevice::State {
   std::array<std::atomic<uint32_t>, kRacePointCount> raceMeetingUs;
   SimCounters counters;
   Quarantine quarantine;
-  JobThread handlerThread; // runs every completion handler of the device, in segment order
+  // Runs the handlers added after a commit (FinalCompletion::addLate); a queue's own
+  // handlers run on its handler thread (Note [A handler thread per queue] in gpu_queue.h).
+  JobThread handlerThread;
 
  private:
   static constexpr size_t kMaxMessages = 1000;

@@ -18,7 +18,7 @@ void requireCleanProtectedRun(SimRuntime& env, StressWorkload& workload, int slo
   StressCounts& counts = workload.counts();
   env.rt().synchronizeDevice(); // after every worker exited: all their batches were submitted
   env.rt().releaseThreadStream(); // a no-op unless this thread encoded: nothing stays bound
-  // Handlers run on the device's handler thread, possibly after the batch's own completion.
+  // Handlers run on the queue's handler thread, possibly after the batch's own completion.
   bool handlersDone = eventually([&] { return counts.handlersRan == counts.handlersAdded; });
   sim::Stats device = env.device().stats();
   RuntimeStats runtime = env.rt().stats();
