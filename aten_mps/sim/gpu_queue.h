@@ -6,10 +6,10 @@
 //
 // Note [A handler thread per queue]
 // Metal runs completion handlers on threads of its own, with no order between command
-// queues. One handler thread for the whole device serialized every queue's completions:
-// with 16 streams it ran ~150k handler batches a second and was the device's ceiling (and
-// its wake-ups the waiters' latency). Each queue now has its own, so queues complete
-// independently, and within a queue handlers keep commit order. Handlers added after a
+// queues. One handler thread for the whole device serialized every queue's completions: at
+// 16 streams the microbenchmark's 153k ops/s (docs/benchmarks.md) were 153k handler batches
+// a second through that one thread, each ending in a waiter's wake-up. Each queue now has its
+// own, so queues complete independently, and within a queue handlers keep commit order. Handlers added after a
 // commit (FinalCompletion::addLate, ViolationPolicy::Count only) still go to the device's.
 
 #include <atomic>
