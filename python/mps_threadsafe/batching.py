@@ -6,67 +6,86 @@ calls of one shape into batches of up to ``max_batch`` samples and runs up to ``
 batches at once, each on its own stream, and gives every caller its own rows of the result.
 
 This file imports only torch and the standard library: the patched ``torch.mps`` ships the same
-file (patches/0017), and ``mps_threadsafe.BatchedModule`` is this class on any device (mps,
-mps_sim, cuda, cpu).
+file (patches/0017), and ``mps_threadsafe.BatchedModule`` is this class. Devices: mps (patched
+wheel), mps_sim and cpu; their runtimes order buffers used across streams, which the lanes rely
+on (a device without that, such as cuda, would need events and record_stream: refused).
 
 Note [Lanes]
 A lane is one stream with at most one batch on it at a time; there are ``workers`` lanes and
-as many worker threads. A batch runs inside ``with <device>.stream(lane.stream)`` and ends with
-that stream's synchronize, so its result (or its error) is known before any caller sees it.
-Lanes, not threads, are what run in parallel: a lane may be run by a worker or by a caller
-(Note [A lane's stream is its worker's own]
+as many worker threads. A batch ends with its stream's synchronize, so its result (or its
+error) is known before any caller sees it. Lanes, not threads, are what run in parallel: a
+batch may be run by a worker or by its own caller (Note [The caller runs its own batch]); at
+most ``workers`` batches run at once.
+
+Note [A lane's stream is its worker's own]
 With thread safety on, the thread policy gives each thread a pool stream no other thread holds,
 but a stream handed out by ``Stream()`` (round robin) is not held by anyone: the policy may
 bind a caller thread to it later, and that thread's own work would then queue behind the
 lane's batches and share their command buffers (and their GPU errors). So each worker takes
 its lane's stream through the policy, as its own thread's stream, at start: no other thread
-is bound to it while the batcher lives. With thread safety off (every thread on the default
-stream, which would serialize the lanes) or on a device whose streams have no such policy,
-the lane takes a stream of the pool with ``Stream()``.
-
-Note [The caller runs its own batch]), never by two threads at once.
+is bound to it while the batcher lives, as long as the pool (32 streams) is not exhausted
+(then the policy shares streams, lanes' included: ``shared_stream_bindings``). With thread
+safety off (every thread on the default stream, which would serialize the lanes) the lane
+takes a stream of the pool with ``Stream()``.
 
 Note [The caller runs its own batch]
-A blocking call that finds nothing waiting, a lane free and no more calls in flight than
-there are lanes runs its batch itself, on its own thread: handing the work to a worker and
-waiting for it costs two thread switches (about 0.1-0.2 ms in CPython) and buys nothing when
-there is nobody to batch with. With thread safety on it runs on its own thread's stream, as
-calling the model from that thread would (switching it to a lane's stream costs time, and a
-different stream each call makes every buffer cross streams); with it off, that stream is the
-default one every thread shares, so it runs on the lane's. So up to ``workers`` concurrent
-callers cost what calling the model from their own threads costs, and a lone caller never
-waits for a batch to fill. Futures (``submit``) always go through the queue.
+A blocking call that finds nothing of its shape waiting, a lane free and no more calls in
+flight than lanes runs its call itself, on its own thread: handing the work to a worker and
+waiting for it costs two thread switches and a Future (0.1-0.2 ms of CPython, much of it under
+the GIL that every caller needs) and buys nothing when there is nobody to batch with. With
+thread safety on it runs on its own thread's stream, as calling the model from that thread
+would (a lane's stream would cost a stream switch and make every buffer cross streams); with
+it off, that stream is the default one every thread shares, so it runs on the lane's. So up
+to ``workers`` concurrent callers cost what calling the model from their own threads costs,
+and a lone caller never waits. Futures (``submit``) always go through the queue.
 
 Note [When a batch leaves]
-Once there are more calls in flight (accepted, not yet answered) than lanes, calls queue and
-the workers take them as lanes free up. A free worker takes the oldest group as soon as it
-holds its fair share of the calls in flight, ceil(in flight / lanes) samples (at most
-``max_batch``), or its oldest call has waited ``max_wait_ms``. In a closed loop the callers of
-a finished batch come back within microseconds, and without the fair share the first of them
-would leave alone on the lane that just freed, the rest queueing behind it: batches would
-alternate between one call and all the others. ``max_wait_ms`` = 0 takes whatever is waiting
-at once (work-conserving, as Triton's ``max_queue_delay`` default). A lone caller never waits:
-it runs its own batch (Note [The caller runs its own batch]).
+Calls beyond that queue, grouped by shape, and free workers take them. A group leaves as soon
+as it holds its fair share of its shape's calls in flight (accepted, not yet answered),
+ceil(in flight / lanes) samples (at most ``max_batch``), or its oldest call has waited
+``max_wait_ms``; among the groups that may leave, the one whose oldest call came first. In a
+closed loop the callers of a finished batch come back within microseconds, and without the
+fair share the first of them would leave alone on the lane that just freed, the rest
+queueing behind it: batches would alternate between one call and all the others. A group
+that cannot grow (a lone shape) has a fair share of its own calls and leaves at once; no group
+waits behind another. ``max_wait_ms`` = 0 takes whatever is waiting at once.
+
+Note [A failed batch is retried one call at a time]
+When a batch of several calls fails (the model raises, or a kernel fails on the GPU: Metal
+loses the whole command buffer), each of its calls is run again alone on the same lane, so an
+error reaches exactly the calls that fail by themselves, as calling the model alone would, and
+every caller gets an exception of its own. A call in no failed batch never sees the error
+(``retried_alone`` counts the reruns).
 
 Note [What a batch runs under]
 A batch mixes callers, so it cannot run under any one caller's thread-local modes: it runs
-under ``torch.no_grad()`` with autocast off, whichever thread runs it (a caller's autocast or
-inference_mode must not make its result, and its batch-mates', depend on which thread ran
-the batch). Inputs that require grad are refused: the result could not carry their gradient.
-Results are views of the batch's output rows (as ``torch.split`` returns); ``.clone()`` one to
-own its storage.
+under ``torch.no_grad()`` with inference mode and autocast off, whichever thread runs it (a
+caller's autocast or inference_mode must not make its result, and its batch-mates', depend on
+which thread ran the batch). Inputs that require grad are refused: the result could not carry
+their gradient. Results are views of the batch's output rows (as ``torch.split`` returns);
+``.clone()`` one to own its storage. A submitted call reads its inputs when its batch runs,
+as an asynchronous CUDA call does: do not modify them before the future is done.
 
 Note [Batches hold one shape]
 Calls are grouped by each argument's dtype and sample shape (the shape after the batch
 dimension), so a call of a shape or dtype nobody else uses runs alone: it can never fail
 another caller's batch. With a pad rule (:class:`PadSequences`), samples of different lengths
 share a batch padded to a bucket; a sample no bucket fits runs in its exact-shape group.
+
+Note [What the model must return]
+Tensors with the batch dimension first (rows of the batch, in call order), possibly in
+tuples, lists, namedtuples and dicts, and None; anything else (an int, a string) would be one
+value for the whole batch, so it is an error, for a batch of one too: whether a call fails
+must not depend on whether it shared a batch. An output whose first dimension is not the batch
+dimension cannot be told apart when its size happens to equal the batch's rows (as with
+DataParallel's gather): such a model is not for BatchedModule.
 """
 
 import atexit
 import collections
 import concurrent.futures
 import contextlib
+import copy
 import os
 import threading
 import time
@@ -100,7 +119,9 @@ class PadSequences:
     model, or one that is told where the padding is): ``mask_kwarg`` names a keyword argument
     of the model that receives a ``(batch, length)`` bool tensor, True at padded positions
     (PyTorch's ``key_padding_mask`` convention; ``"src_key_padding_mask"`` for
-    ``nn.TransformerEncoderLayer``). A batch of one sample runs unpadded, without the mask.
+    ``nn.TransformerEncoderLayer``). A call that fits a bucket always runs padded to it, alone
+    or not, so its result never depends on whether it shared a batch; every output of the model
+    must keep the padded dimension (a per-position output), else the call fails.
     """
 
     def __init__(self, dim=0, sizes=None, multiple=None, value=0.0, mask_kwarg=None):
@@ -158,13 +179,22 @@ class PadSequences:
         mask = positions.unsqueeze(0) >= torch.tensor(lengths).unsqueeze(1)
         return {self.mask_kwarg: mask.to(device)}
 
-    def unpad(self, y, sample_shape, target):
-        """A caller's rows of one output, cut back to its own length where they were padded."""
+    def unpad(self, y, sample_shape, target, input_dims):
+        """A caller's rows of one output, cut back to its own length. Every tensor output must
+        carry the padded dimension where the input has it: same number of dimensions, the
+        bucket's length there (a pooled output, or one whose size there only happens to be the
+        bucket's, would be cut wrongly: it is an error, whether or not the call shared a
+        batch). The cut rows are copied (contiguous, as the model's own output)."""
         axis = self.dim + 1
-        if (isinstance(y, torch.Tensor) and y.dim() > axis
-                and y.shape[axis] == target[self.dim] != sample_shape[self.dim]):
-            return y.narrow(axis, 0, sample_shape[self.dim])
-        return y
+        if y.dim() != input_dims or y.shape[axis] != target[self.dim]:
+            raise RuntimeError(
+                f"PadSequences(dim={self.dim}): the model returned a tensor of shape "
+                f"{tuple(y.shape)} for an input padded to {tuple(target)}; a pad rule needs every "
+                f"output to keep the padded dimension (length {target[self.dim]} at dimension "
+                f"{axis} of {input_dims}) to cut it back: pooled outputs cannot be padded")
+        if sample_shape[self.dim] == target[self.dim]:
+            return y
+        return y.narrow(axis, 0, sample_shape[self.dim]).contiguous()
 
     def __repr__(self):
         buckets = f"sizes={self.sizes}" if self.sizes is not None else f"multiple={self.multiple}"
@@ -176,20 +206,21 @@ class PadSequences:
 
 
 class _Request:
-    __slots__ = ("args", "rows", "sample_shape", "key", "future", "accepted", "started")
+    __slots__ = ("args", "rows", "sample_shape", "key", "future", "lane", "accepted", "started")
 
     def __init__(self, args, rows, sample_shape, key):
         self.args, self.rows, self.sample_shape, self.key = args, rows, sample_shape, key
-        self.future = concurrent.futures.Future()
+        self.future = None  # made when the call queues
+        self.lane = None  # set when its caller runs it (Note [The caller runs its own batch])
         self.accepted = time.perf_counter()
         self.started = None
 
 
 class _Lane:
-    __slots__ = ("index", "stream", "busy", "batches")
+    __slots__ = ("index", "stream", "batches")
 
-    def __init__(self, index, stream):
-        self.index, self.stream, self.busy, self.batches = index, stream, False, 0
+    def __init__(self, index):
+        self.index, self.stream, self.batches = index, None, 0
 
 
 class _Alone:
@@ -199,15 +230,24 @@ class _Alone:
 
 
 def _tree_map(fn, value):
+    """fn on every tensor of a model output (Note [What the model must return]); None stays."""
     if isinstance(value, torch.Tensor):
         return fn(value)
+    if value is None:
+        return None
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
         return type(value)(*(_tree_map(fn, v) for v in value))
     if isinstance(value, (tuple, list)):
         return type(value)(_tree_map(fn, v) for v in value)
     if isinstance(value, dict):
-        return type(value)((k, _tree_map(fn, v)) for k, v in value.items())
-    return value
+        mapped = copy.copy(value)  # keeps a dict subclass (defaultdict, OrderedDict) as it is
+        for key, item in value.items():
+            mapped[key] = _tree_map(fn, item)
+        return mapped
+    raise RuntimeError(
+        f"BatchedModule: the model returned a {type(value).__name__}; only tensors (batch "
+        "dimension first), None, and tuples, lists and dicts of them can be split between the "
+        "callers of a batch (Note [What the model must return])")
 
 
 def _tree_tensors(value):
@@ -246,6 +286,8 @@ def _forget_all_in_child():
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_all_in_child)
 
+SUPPORTED_DEVICE_TYPES = ("cpu", "mps", "mps_sim")
+
 
 # ---- The batcher -------------------------------------------------------------------------------
 
@@ -256,7 +298,8 @@ class BatchedModule:
 
     Args:
         model: an ``nn.Module`` in eval mode (or any callable) whose inputs and outputs have the
-            batch dimension first and whose samples do not depend on each other.
+            batch dimension first and whose samples do not depend on each other (Note [What the
+            model must return]).
         max_batch (int): the most samples one batch holds (default 8). A call with more rows
             runs alone.
         max_wait_ms (float): the longest a queued call waits for its batch to reach its fair
@@ -265,7 +308,7 @@ class BatchedModule:
         workers (int): lanes (streams) that run batches at once, one worker thread each
             (default 2).
         device: where the model runs (default: the device of its first parameter or buffer,
-            else cpu). Inputs may be on this device or on the cpu.
+            else cpu): cpu, mps or mps_sim. Inputs may be on this device or on the cpu.
         pad: a pad rule (:class:`PadSequences`) for single-input models, so samples of
             different lengths can share a batch.
         output_device: move each batch's output there once before it is split (e.g. "cpu" for a
@@ -274,8 +317,9 @@ class BatchedModule:
     ``batched(*tensors, timeout=None)`` returns what ``model(*tensors)`` returns, computed in a
     batch; ``batched.submit(*tensors)`` returns a ``concurrent.futures.Future`` of it. Both
     raise ``TypeError``/``ValueError`` for a bad input before it joins a batch, and
-    :class:`BatcherClosedError` after :meth:`close`. A batch that fails raises its error to
-    exactly its callers. ``stats()`` returns the counters (docs/stats.md).
+    :class:`BatcherClosedError` after :meth:`close`. An error reaches exactly the calls that
+    fail (Note [A failed batch is retried one call at a time]). ``stats()`` returns the counters
+    (docs/stats.md).
     """
 
     def __init__(self, model, max_batch=8, max_wait_ms=1.0, workers=2, *, device=None, pad=None,
@@ -292,12 +336,16 @@ class BatchedModule:
                                        ("target", "pad", "model_kwargs", "unpad")):
             raise TypeError("BatchedModule: pad must be a pad rule (PadSequences, or an object "
                             "with target, pad, model_kwargs and unpad)")
-        _refuse_training(model)
+        self._modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
+        self._refuse_training()
         self.model = model
         self.max_wait_s = float(max_wait_ms) / 1e3
         self.pad = pad
         model_device = _model_device(model)
         self.device = model_device if device is None else torch.device(device)
+        if self.device.type not in SUPPORTED_DEVICE_TYPES:
+            raise ValueError(f"BatchedModule: device {self.device} is not supported (cpu, mps, "
+                             "mps_sim: their runtimes order buffers used across streams)")
         if self.device.type != "cpu" and self.device.index is None:
             self.device = torch.device(self.device.type, 0)
         if isinstance(model, torch.nn.Module) and any(
@@ -312,16 +360,19 @@ class BatchedModule:
                 f"BatchedModule: workers={self.workers} needs streams, and this torch has no "
                 f"stream API for {self.device.type} (torch.{self.device.type}.Stream / .stream): "
                 "install the thread-safe build, or use workers=1")
-        self._lanes = [_Lane(i, None) for i in range(self.workers)]
+        self._lanes = [_Lane(i) for i in range(self.workers)]
         self._free_lanes = list(reversed(self._lanes))
 
         self._cond = threading.Condition(threading.Lock())
         self._pending = collections.OrderedDict()  # group key -> deque of _Request
+        self._pending_rows = collections.Counter()  # group key -> samples waiting
         self._pending_count = 0
-        self._in_flight = 0  # accepted calls not yet answered (Note [When a batch leaves])
+        self._in_flight = collections.Counter()  # group key -> calls accepted, not answered
+        self._in_flight_total = 0
         self._closed = False
         self._forked = False
         self._pid = os.getpid()
+        self._local = threading.local()  # .busy: this thread is running one of our batches
         self._counts = collections.Counter()
         self._batch_sizes = collections.Counter()
         self._max_lanes_busy = 0
@@ -350,11 +401,18 @@ class BatchedModule:
     def __call__(self, *args, timeout=None):
         """What ``model(*args)`` returns, computed in a batch. Blocks; ``timeout`` (seconds)
         bounds the wait for a batch (TimeoutError; a call not yet in a batch is withdrawn)."""
-        request, lane = self._accept(args, may_run_here=True)
-        if lane is not None:  # Note [The caller runs its own batch]
-            own = self._device_module is not None and self._callers_stream_is_its_own()
-            self._run_and_release(lane, [request], on_own_stream=own)
-            return request.future.result()
+        self._check_process()
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+                timeout, (int, float)) or not timeout >= 0):
+            raise ValueError(f"BatchedModule: timeout must be a number of seconds >= 0 or None, "
+                             f"got {timeout!r}")
+        if getattr(self._local, "busy", False):
+            raise RuntimeError("BatchedModule: a blocking call from inside its own batch (the "
+                               "model, or a future's done-callback) would wait for the lane it "
+                               "holds; call the model directly, or use submit()")
+        request = self._accept(args, may_run_here=True)
+        if request.lane is not None:  # Note [The caller runs its own batch]
+            return self._run_here(request)
         try:
             return request.future.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -363,23 +421,27 @@ class BatchedModule:
 
     def submit(self, *args):
         """A ``concurrent.futures.Future`` of ``model(*args)`` computed in a batch. Bad input
-        raises here, not through the future."""
-        request, _ = self._accept(args, may_run_here=False)
-        return request.future
+        raises here, not through the future. The inputs are read when the batch runs."""
+        self._check_process()
+        return self._accept(args, may_run_here=False).future
 
     def close(self, wait=True):
         """Refuses new calls (BatcherClosedError) and runs every call already accepted; with
-        ``wait``, returns once they are done and the workers have exited."""
+        ``wait``, returns once they are all answered and the workers have exited. Called from
+        inside the batcher's own model or a done-callback it does not wait (it would wait for
+        itself)."""
         if self._forked or self._pid != os.getpid():
             return
+        inside = getattr(self._local, "busy", False)
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if wait:
-            current = threading.current_thread()
+            if wait and not inside:
+                while self._in_flight_total:
+                    self._cond.wait()
+        if wait and not inside:
             for thread in self._threads:
-                if thread is not current:
-                    thread.join()
+                thread.join()
         _live_batchers.discard(self)
 
     @property
@@ -400,15 +462,20 @@ class BatchedModule:
 
     # ---- accepting a call ----------------------------------------------------------------------
 
-    def _accept(self, args, may_run_here):
+    def _check_process(self):
         if self._forked or self._pid != os.getpid():
             # Checked before the lock: it may have been held by another thread at fork().
             raise RuntimeError("BatchedModule: this process is a fork() child of the one that "
-                               "made the batcher; its worker threads did not survive fork(). "
-                               "Make a new BatchedModule in the child.")
+                               "made the batcher, and its worker threads did not survive fork(); "
+                               "use the batcher in its own process (a process started with "
+                               "'spawn' can make one of its own)")
+
+    def _accept(self, args, may_run_here):
+        """Checks the call and admits it: the returned request either has a lane to run on
+        here (request.lane: Note [The caller runs its own batch]) or is queued (request.future)."""
         try:
             rows, sample_shape, key = self._check(args)
-        except (TypeError, ValueError, BatcherClosedError):
+        except (TypeError, ValueError):
             with self._cond:
                 self._counts["refused"] += 1
             raise
@@ -420,18 +487,21 @@ class BatchedModule:
                                          "before close() and refuses new ones")
             self._counts["requests"] += 1
             self._counts["samples"] += rows
-            self._in_flight += 1
-            if (may_run_here and self._pending_count == 0 and self._free_lanes
-                    and self._in_flight <= len(self._lanes)):
-                request.future.set_running_or_notify_cancel()
-                request.started = time.perf_counter()
+            self._in_flight[key] += 1
+            self._in_flight_total += 1
+            if (may_run_here and self._free_lanes and key not in self._pending
+                    and self._in_flight_total <= len(self._lanes)):
+                request.started = request.accepted
                 self._counts["caller_run_batches"] += 1
-                return request, self._claim_lane()
+                request.lane = self._claim_lane()
+                return request
+            request.future = concurrent.futures.Future()
             self._pending.setdefault(key, collections.deque()).append(request)
+            self._pending_rows[key] += rows
             self._pending_count += 1
             if self._free_lanes:
                 self._cond.notify()
-        return request, None
+        return request
 
     def _check(self, args):
         """(rows, sample shape of the first argument, group key), or TypeError/ValueError with
@@ -443,9 +513,7 @@ class BatchedModule:
             raise TypeError(f"BatchedModule: a pad rule batches single-input calls; this call "
                             f"has {len(args)} arguments")
         if getattr(self.model, "training", False):
-            raise ValueError("BatchedModule: the model is in training mode; call model.eval() "
-                             "(in training mode, dropout and batch norm would mix the samples "
-                             "of different callers)")
+            raise ValueError(_TRAINING_MESSAGE.format(where=" (the model itself)"))
         rows = None
         parts = []
         for position, arg in enumerate(args):
@@ -466,7 +534,7 @@ class BatchedModule:
                 raise ValueError(f"BatchedModule: {where} requires grad; the model runs without "
                                  "autograd (torch.no_grad), so the result could not carry its "
                                  "gradient: pass x.detach(), or call the model itself to train")
-            if (self._param_dtype is not None and arg.is_floating_point()
+            if (position == 0 and self._param_dtype is not None and arg.is_floating_point()
                     and arg.dtype != self._param_dtype):
                 raise TypeError(f"BatchedModule: {where} is {arg.dtype}, the model's parameters "
                                 f"are {self._param_dtype}")
@@ -485,55 +553,75 @@ class BatchedModule:
                 return rows, sample_shape, ("padded", parts[0][0], tuple(target))
         return rows, sample_shape, tuple(parts)
 
+    def _refuse_training(self):
+        """Every module in eval mode (checked at construction and for every batch: one
+        submodule switched to train() later would mix the samples of its batch)."""
+        for index, module in enumerate(self._modules):
+            if module.training:
+                where = "the model itself" if index == 0 else type(module).__name__
+                raise ValueError(_TRAINING_MESSAGE.format(where=f" ({where})"))
+
     # ---- lanes and workers ---------------------------------------------------------------------
 
     def _claim_lane(self):
         lane = self._free_lanes.pop()
-        lane.busy = True
         busy = len(self._lanes) - len(self._free_lanes)
         self._max_lanes_busy = max(self._max_lanes_busy, busy)
         return lane
 
     def _release_lane(self, lane):
-        lane.busy = False
+        lane.batches += 1
         self._free_lanes.append(lane)
         if self._pending_count:
             self._cond.notify()
 
-    def _take_batch(self):
-        """The next batch from the group whose oldest call waited longest (under the lock);
-        None when nothing is waiting. Withdrawn (cancelled) calls are dropped."""
-        while self._pending:
-            key = min(self._pending, key=lambda k: self._pending[k][0].accepted)
-            queue = self._pending[key]
-            batch, rows = [], 0
-            while queue and (not batch or rows + queue[0].rows <= self.max_batch):
-                request = queue.popleft()
-                self._pending_count -= 1
-                if not request.future.set_running_or_notify_cancel():
-                    self._counts["cancelled"] += 1
-                    self._in_flight -= 1
-                    continue
-                request.started = time.perf_counter()
-                batch.append(request)
-                rows += request.rows
-            if not queue:
-                del self._pending[key]
-            if batch:
-                return batch
-        return None
+    def _choose_group(self):
+        """(the group key that may leave now, None) or (None, seconds until one may): Note
+        [When a batch leaves]."""
+        now = time.perf_counter()
+        best, wait = None, None
+        for key, queue in self._pending.items():
+            head = queue[0].accepted
+            fair_share = min(self.max_batch, -(-self._in_flight[key] // len(self._lanes)))
+            left = head + self.max_wait_s - now
+            if (self.max_wait_s == 0 or self._closed or isinstance(key, _Alone)
+                    or self._pending_rows[key] >= fair_share or left <= 0):
+                if best is None or head < self._pending[best][0].accepted:
+                    best = key
+            elif wait is None or left < wait:
+                wait = left
+        return best, wait
 
-    def _hold_open_for(self):
-        """Seconds a free worker should still wait for the oldest group to reach its fair share
-        (Note [When a batch leaves]); 0 to take it now."""
-        if self.max_wait_s == 0 or self._closed:
-            return 0.0
-        key = min(self._pending, key=lambda k: self._pending[k][0].accepted)
+    def _take_batch(self, key):
+        """Up to max_batch samples of the group's calls, oldest first (under the lock);
+        withdrawn (cancelled) calls are dropped. May be empty."""
         queue = self._pending[key]
-        fair_share = min(self.max_batch, -(-self._in_flight // len(self._lanes)))
-        if isinstance(key, _Alone) or sum(r.rows for r in queue) >= fair_share:
-            return 0.0
-        return max(0.0, queue[0].accepted + self.max_wait_s - time.perf_counter())
+        batch, rows = [], 0
+        now = time.perf_counter()
+        while queue and (not batch or rows + queue[0].rows <= self.max_batch):
+            request = queue.popleft()
+            self._pending_count -= 1
+            self._pending_rows[key] -= request.rows
+            if not request.future.set_running_or_notify_cancel():
+                self._counts["cancelled"] += 1
+                self._answered(request.key)
+                continue
+            request.started = now
+            batch.append(request)
+            rows += request.rows
+        if not queue:
+            del self._pending[key]
+            del self._pending_rows[key]
+        return batch
+
+    def _answered(self, key, calls=1):
+        """Under the lock: `calls` calls of group `key` are answered (or withdrawn)."""
+        self._in_flight[key] -= calls
+        if not self._in_flight[key]:
+            del self._in_flight[key]
+        self._in_flight_total -= calls
+        if self._pending_count or (self._closed and not self._in_flight_total):
+            self._cond.notify_all()  # a smaller fair share may let a group leave; close() waits
 
     def _take_lane_stream(self):
         """The stream of this worker's lane (Note [A lane's stream is its worker's own])."""
@@ -558,6 +646,7 @@ class BatchedModule:
             return
         finally:
             started.set()
+        self._local.busy = False
         with self._cond:
             while True:
                 if not self._pending_count:
@@ -568,19 +657,21 @@ class BatchedModule:
                 if not self._free_lanes:
                     self._cond.wait()
                     continue
-                hold = self._hold_open_for()
-                if hold > 0:
-                    self._cond.wait(hold)
+                key, wait = self._choose_group()
+                if key is None:
+                    self._cond.wait(wait)
                     continue
-                batch = self._take_batch()
-                if batch is None:
+                batch = self._take_batch(key)
+                if not batch:
                     continue
-                lane = self._claim_lane()
+                lane_for_batch = self._claim_lane()
                 self._cond.release()
                 try:
-                    self._run_and_release(lane, batch)
+                    self._run_queued(lane_for_batch, batch)
                 finally:
                     self._cond.acquire()
+
+    # ---- running a batch -----------------------------------------------------------------------
 
     def _callers_stream_is_its_own(self):
         """Whether the calling thread's current stream is its own (Note [The caller runs its
@@ -588,35 +679,73 @@ class BatchedModule:
         is_threadsafe = getattr(self._device_module, "is_threadsafe", None)
         return is_threadsafe is not None and bool(is_threadsafe())
 
-    def _run_and_release(self, lane, batch, on_own_stream=False):
+    def _run_here(self, request):
+        """A caller runs its own call on its thread (Note [The caller runs its own batch])."""
+        lane = request.lane
+        own = self._device_module is not None and self._callers_stream_is_its_own()
+        self._local.busy = True
         try:
-            self._run(lane, batch, on_own_stream)
-        finally:
-            with self._cond:
-                lane.batches += 1
-                self._release_lane(lane)
-
-    # ---- running a batch -----------------------------------------------------------------------
-
-    def _run(self, lane, batch, on_own_stream=False):
-        """Runs one batch on its lane and settles every caller's future (Note [What a batch runs
-        under]); an error settles them all with it and reaches no one else."""
-        try:
-            results = self._compute(lane, batch, on_own_stream)
-        except Exception as error:
-            self._settle(batch, error=error)
-            return
-        except BaseException as interrupt:
-            # KeyboardInterrupt or SystemExit in a caller that ran its own batch: it is that
-            # thread's to raise; the batch's other callers (none today: a caller runs a batch
-            # of its own call only) get a RuntimeError, never the interrupt itself.
-            self._settle(batch, error=RuntimeError(
-                f"BatchedModule: the batch was interrupted by {type(interrupt).__name__} in the "
-                "thread that ran it"))
+            result, error = self._compute(lane, [request], own)[0], None
+        except Exception as failure:
+            result, error = None, failure
+        except BaseException:  # KeyboardInterrupt or SystemExit: this thread's to raise
+            self._finish(lane, [request], failed=1)
             raise
-        self._settle(batch, results=results)
+        finally:
+            self._local.busy = False
+        self._finish(lane, [request], failed=0 if error is None else 1)
+        if error is not None:
+            raise error
+        return result
+
+    def _run_queued(self, lane, batch):
+        """A worker runs a batch of queued calls, frees the lane, then answers the futures
+        (their done-callbacks run after the lane is free)."""
+        self._local.busy = True
+        try:
+            outcomes = self._outcomes(lane, batch)
+        finally:
+            self._local.busy = False
+        failed = sum(error is not None for _, error in outcomes)
+        self._finish(lane, batch, failed, batch_failed=outcomes.batch_failed)
+        for request, (result, error) in zip(batch, outcomes):
+            if error is not None:
+                request.future.set_exception(error)
+            else:
+                request.future.set_result(result)
+
+    def _outcomes(self, lane, batch):
+        """(result, error) per call (Note [A failed batch is retried one call at a time]). A
+        worker never dies of a call: a BaseException becomes a RuntimeError for its callers."""
+        outcomes = _Outcomes()
+        try:
+            outcomes.extend((result, None) for result in self._compute(lane, batch, False))
+            return outcomes
+        except Exception as error:
+            if len(batch) == 1:
+                outcomes.append((None, error))
+                outcomes.batch_failed = True
+                return outcomes
+        except BaseException as interrupt:
+            outcomes.extend((None, _interrupted(interrupt)) for _ in batch)
+            outcomes.batch_failed = True
+            return outcomes
+        outcomes.batch_failed = True
+        for request in batch:
+            try:
+                outcomes.append((self._compute(lane, [request], False)[0], None))
+            except Exception as error:
+                outcomes.append((None, error))
+            except BaseException as interrupt:
+                outcomes.append((None, _interrupted(interrupt)))
+        with self._cond:
+            self._counts["retried_alone"] += len(batch)
+        return outcomes
 
     def _compute(self, lane, batch, on_own_stream):
+        """Runs the batch's calls as one model call and returns each call's output (Notes
+        [What a batch runs under], [What the model must return])."""
+        self._refuse_training()
         device = self.device
         stream = lane.stream
         if on_own_stream:
@@ -626,15 +755,15 @@ class BatchedModule:
             stream_context = self._device_module.stream(stream)
         else:
             stream_context = contextlib.nullcontext()
-        with torch.no_grad(), _autocast_off(device), stream_context:
-            first = batch[0]
-            # A batch of one runs as the model would run it alone: unpadded, without a mask.
-            padded = (self.pad is not None and len(batch) > 1 and isinstance(first.key, tuple)
-                      and first.key[:1] == ("padded",))
+        first = batch[0]
+        padded = self.pad is not None and isinstance(first.key, tuple) and \
+            first.key[:1] == ("padded",)
+        with torch.inference_mode(False), torch.no_grad(), _autocast_off(device), stream_context:
             kwargs = {}
             if padded:
                 target = first.key[2]
-                inputs = (torch.cat([self.pad.pad(r.args[0].to(device), target) for r in batch]),)
+                inputs = [self.pad.pad(r.args[0].to(device), target) for r in batch]
+                inputs = (inputs[0] if len(inputs) == 1 else torch.cat(inputs),)
                 lengths = [r.sample_shape[self.pad.dim] for r in batch for _ in range(r.rows)]
                 kwargs = self.pad.model_kwargs(lengths, target, device)
             elif len(batch) == 1:
@@ -647,57 +776,53 @@ class BatchedModule:
                 output = _tree_map(lambda t: t.to(self.output_device), output)
             if stream is not None:
                 stream.synchronize()  # the batch's error, if any, belongs to this batch
-            # Checked for a batch of one too, so whether a call fails never depends on whether
-            # it happened to be batched.
             total = sum(r.rows for r in batch)
-            for tensor in _tree_tensors(output):
+            for tensor in _tree_tensors(output):  # for a batch of one too: Note [What the ...]
                 if tensor.dim() == 0 or tensor.shape[0] != total:
                     raise RuntimeError(
                         f"BatchedModule: the model returned a tensor of shape "
                         f"{tuple(tensor.shape)} for a batch of {total} samples; every output "
                         "needs the batch dimension first to be split between callers")
-            if len(batch) == 1 and not padded:
+            if padded:
+                dims = inputs[0].dim()
+                return [self._rows(output, batch, i, lambda t, r=r: self.pad.unpad(
+                    t, r.sample_shape, target, dims)) for i, r in enumerate(batch)]
+            if len(batch) == 1:
                 return [output]  # exactly what the model returned for this call alone
-            results, start = [], 0
-            for request in batch:
-                rows = slice(start, start + request.rows)
-                start += request.rows
-                if padded:
-                    results.append(_tree_map(
-                        lambda t, r=request, s=rows: self.pad.unpad(t[s], r.sample_shape, target),
-                        output))
-                else:
-                    results.append(_tree_map(lambda t, s=rows: t[s], output))
-            return results
+            return [self._rows(output, batch, i) for i in range(len(batch))]
 
-    def _settle(self, batch, results=None, error=None):
+    @staticmethod
+    def _rows(output, batch, index, then=None):
+        start = sum(r.rows for r in batch[:index])
+        rows = slice(start, start + batch[index].rows)
+        if then is None:
+            return _tree_map(lambda t: t[rows], output)
+        return _tree_map(lambda t: then(t[rows]), output)
+
+    def _finish(self, lane, batch, failed, batch_failed=None):
+        """Under the lock: the batch's lane is free again and its calls are answered."""
         done = time.perf_counter()
         with self._cond:
-            self._in_flight -= len(batch)
-            if self._pending_count:
-                self._cond.notify()  # a smaller fair share may let a held batch leave
+            self._release_lane(lane)
             self._counts["batches"] += 1
             self._batch_sizes[sum(r.rows for r in batch)] += 1
             if len(batch) == 1:
                 self._counts["ran_alone"] += 1
-            if error is not None:
+            if failed if batch_failed is None else batch_failed:
                 self._counts["batches_failed"] += 1
-                self._counts["failed"] += len(batch)
-            else:
-                self._counts["completed"] += len(batch)
+            self._counts["failed"] += failed
+            self._counts["completed"] += len(batch) - failed
             for request in batch:
                 self._waits.append(request.started - request.accepted)
                 self._latencies.append(done - request.accepted)
-        for index, request in enumerate(batch):
-            if error is not None:
-                request.future.set_exception(error)
-            else:
-                request.future.set_result(results[index])
+            for key, calls in collections.Counter(r.key for r in batch).items():
+                self._answered(key, calls)
 
     # ---- counters ------------------------------------------------------------------------------
 
     def stats(self):
         """The batcher's counters as a plain dict (every key: docs/stats.md, "BatchedModule")."""
+        self._check_process()
         with self._cond:
             counts = dict(self._counts)
             sizes = dict(sorted(self._batch_sizes.items()))
@@ -720,6 +845,7 @@ class BatchedModule:
             "completed": counts.get("completed", 0), "failed": counts.get("failed", 0),
             "pending": pending,
             "batches": batches, "batches_failed": counts.get("batches_failed", 0),
+            "retried_alone": counts.get("retried_alone", 0),
             "mean_batch_size": batched_samples / batches if batches else None,
             "mean_requests_per_batch": (counts.get("completed", 0) + counts.get("failed", 0))
             / batches if batches else None,
@@ -737,22 +863,25 @@ class BatchedModule:
 
 # ---- helpers -----------------------------------------------------------------------------------
 
+_TRAINING_MESSAGE = ("BatchedModule: the model is in training mode{where}; call model.eval() "
+                     "(in training mode, dropout and batch norm would mix the samples of "
+                     "different callers)")
+
+
+class _Outcomes(list):
+    """(result, error) per call of a batch, and whether the batch as a whole failed."""
+    batch_failed = False
+
+
+def _interrupted(interrupt):
+    return RuntimeError(f"BatchedModule: the batch was interrupted by "
+                        f"{type(interrupt).__name__}: {interrupt}")
+
 
 def _whole(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"BatchedModule: {name} must be a whole number >= 1, got {value!r}")
     return value
-
-
-def _refuse_training(model):
-    if not isinstance(model, torch.nn.Module):
-        return
-    training = [name or "the model itself" for name, m in model.named_modules() if m.training]
-    if training:
-        where = f" ({training[0]})"
-        raise ValueError(f"BatchedModule: the model is in training mode{where}; call "
-                         "model.eval() (in training mode, dropout and batch norm would mix the "
-                         "samples of different callers)")
 
 
 def _model_device(model):

@@ -50,6 +50,7 @@ def story_result(mode, safety, eff8_ops, device="mps_sim"):
         r["speedup"], r["efficiency"] = report.scaling(r["ops_per_s"], 100.0, n, device, 8)
     out = {"mode": mode, "thread_safety": safety, "efficiency": efficiency,
            "batching": {"1 thread x B=8": dict(ok, samples_per_s=10.0)},
+           "batcher": dict(ok, samples_per_s=12.0, passed=True, status="ok"),
            "correctness": {"outcome": "ok", "max_abs_diff": 1e-6, "wrong": 0}}
     out["verdict"] = story.verdict(device, out, 0.5, expected=len(safety) * 10)
     return out
