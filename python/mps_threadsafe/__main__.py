@@ -252,8 +252,9 @@ def build_parser():
                        help="the batcher's lanes, BatchedModule(workers=K) (default 4)")
     serve.add_argument("--max-batch", type=positive_int, default=8, metavar="M",
                        help="BatchedModule(max_batch=M) of both batching setups (default 8)")
-    serve.add_argument("--max-wait-ms", type=milliseconds, default=0.0, metavar="MS",
-                       help="BatchedModule(max_wait_ms=MS) of both batching setups (default 0)")
+    serve.add_argument("--max-wait-ms", type=milliseconds, default=1.0, metavar="MS",
+                       help="BatchedModule(max_wait_ms=MS) of both batching setups (default 1, "
+                            "BatchedModule's own)")
     serve.add_argument("--require-goal", action="store_true",
                        help="exit status 1 unless both goal checks pass for every model (batcher "
                             ">= the better of the other two at every client count; its p99 at 1 "

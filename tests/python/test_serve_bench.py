@@ -110,7 +110,7 @@ def test_tiny_run_on_mps_sim(tmp_path):
     assert data["suite"] == "serve-bench" and data["device"] == "mps_sim" and data["quick"]
     assert data["setups"] == ["threads", "batching", "batcher"]
     assert data["clients"] == [1, 2] and data["seconds"] == 0.2
-    assert (data["workers"], data["max_batch"], data["max_wait_ms"]) == (4, 8, 0.0)
+    assert (data["workers"], data["max_batch"], data["max_wait_ms"]) == (4, 8, 1.0)
     for key in ("torch", "python", "machine", "cores", "commit", "time_utc", "argv"):
         assert key in data
     cells = data["results"]
