@@ -87,6 +87,7 @@ import concurrent.futures
 import contextlib
 import copy
 import os
+import sys
 import threading
 import time
 import weakref
@@ -406,6 +407,8 @@ class BatchedModule:
                 timeout, (int, float)) or not timeout >= 0):
             raise ValueError(f"BatchedModule: timeout must be a number of seconds >= 0 or None, "
                              f"got {timeout!r}")
+        if timeout == float("inf"):
+            timeout = None  # Future.result cannot wait an infinite time, only without a timeout
         if getattr(self._local, "busy", False):
             raise RuntimeError("BatchedModule: a blocking call from inside its own batch (the "
                                "model, or a future's done-callback) would wait for the lane it "
@@ -442,7 +445,9 @@ class BatchedModule:
         if wait and not inside:
             for thread in self._threads:
                 thread.join()
-        _live_batchers.discard(self)
+            # Only once everything accepted is answered: a batcher closed without waiting is
+            # still drained at interpreter exit (its workers are daemons).
+            _live_batchers.discard(self)
 
     @property
     def closed(self):
@@ -602,7 +607,11 @@ class BatchedModule:
             request = queue.popleft()
             self._pending_count -= 1
             self._pending_rows[key] -= request.rows
-            if not request.future.set_running_or_notify_cancel():
+            try:
+                running = request.future.set_running_or_notify_cancel()
+            except RuntimeError:  # the caller set the future itself: nothing to run for it
+                running = False
+            if not running:
                 self._counts["cancelled"] += 1
                 self._answered(request.key)
                 continue
@@ -668,6 +677,9 @@ class BatchedModule:
                 self._cond.release()
                 try:
                     self._run_queued(lane_for_batch, batch)
+                except Exception as error:  # a bug of ours: say so, and keep the worker alive
+                    print(f"BatchedModule worker: {type(error).__name__}: {error}",
+                          file=sys.stderr)
                 finally:
                     self._cond.acquire()
 
@@ -682,9 +694,9 @@ class BatchedModule:
     def _run_here(self, request):
         """A caller runs its own call on its thread (Note [The caller runs its own batch])."""
         lane = request.lane
-        own = self._device_module is not None and self._callers_stream_is_its_own()
         self._local.busy = True
         try:
+            own = self._device_module is not None and self._callers_stream_is_its_own()
             result, error = self._compute(lane, [request], own)[0], None
         except Exception as failure:
             result, error = None, failure
@@ -701,18 +713,22 @@ class BatchedModule:
     def _run_queued(self, lane, batch):
         """A worker runs a batch of queued calls, frees the lane, then answers the futures
         (their done-callbacks run after the lane is free)."""
+        # Busy through the answers too: done-callbacks run here, on this worker's thread.
         self._local.busy = True
         try:
             outcomes = self._outcomes(lane, batch)
+            failed = sum(error is not None for _, error in outcomes)
+            self._finish(lane, batch, failed, batch_failed=outcomes.batch_failed)
+            for request, (result, error) in zip(batch, outcomes):
+                try:
+                    if error is not None:
+                        request.future.set_exception(error)
+                    else:
+                        request.future.set_result(result)
+                except concurrent.futures.InvalidStateError:
+                    pass  # the caller set its future itself; the others still get theirs
         finally:
             self._local.busy = False
-        failed = sum(error is not None for _, error in outcomes)
-        self._finish(lane, batch, failed, batch_failed=outcomes.batch_failed)
-        for request, (result, error) in zip(batch, outcomes):
-            if error is not None:
-                request.future.set_exception(error)
-            else:
-                request.future.set_result(result)
 
     def _outcomes(self, lane, batch):
         """(result, error) per call (Note [A failed batch is retried one call at a time]). A

@@ -220,18 +220,24 @@ def test_the_batch_runs_on_its_lane_stream_with_thread_safety_off_too():
     assert torch.mps_sim.current_stream().stream_id == 0  # the caller's stream is restored
 
 
+def queued_behind_the_gate(batched, gate, held_input, xs):
+    """Holds the batcher's one lane with a call of `held_input`, queues `xs` behind it, opens
+    the gate: the results of xs (a certain order: every x queued while the lane was busy)."""
+    held = batched.submit(held_input)
+    assert gate.entered.wait(TIMEOUT)
+    futures = [batched.submit(x) for x in xs]
+    gate.opened.set()
+    held.result(TIMEOUT)
+    return [f.result(TIMEOUT) for f in futures]
+
+
 def test_calls_of_different_shapes_batch_apart_and_a_lone_shape_runs_alone():
     master = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()
     gate = Gate(on_device(master))
     shapes = [(1, 5, 16), (1, 5, 16), (2, 9, 16), (1, 5, 16), (1, 9, 16), (1, 3, 16)]
     xs = [torch.randn(*shape) for shape in shapes]
     with BatchedModule(gate, max_batch=8, workers=1) as batched:
-        held = batched.submit(torch.randn(1, 4, 16))
-        assert gate.entered.wait(TIMEOUT)
-        futures = [batched.submit(x) for x in xs]
-        gate.opened.set()
-        held.result(TIMEOUT)
-        results = [f.result(TIMEOUT) for f in futures]
+        results = queued_behind_the_gate(batched, gate, torch.randn(1, 4, 16), xs)
         stats = batched.stats()
     for x, y in zip(xs, results):
         assert_close(y, cpu_result(master, x))
@@ -248,12 +254,7 @@ def test_padded_batches_equal_unpadded_cpu_results_and_are_cut_back():
     xs = [torch.randn(1, n, 16) for n in lengths]
     rule = PadSequences(dim=0, sizes=(4, 8), mask_kwarg="src_key_padding_mask")
     with BatchedModule(gate, max_batch=8, workers=1, pad=rule) as batched:
-        held = batched.submit(torch.randn(1, 4, 16))
-        assert gate.entered.wait(TIMEOUT)
-        futures = [batched.submit(x) for x in xs]
-        gate.opened.set()
-        held.result(TIMEOUT)
-        results = [f.result(TIMEOUT) for f in futures]
+        results = queued_behind_the_gate(batched, gate, torch.randn(1, 4, 16), xs)
         stats = batched.stats()
     for x, y in zip(xs, results):
         assert y.shape == x.shape
@@ -541,8 +542,10 @@ def test_many_threads_mixing_calls_and_futures_lose_and_duplicate_nothing():
     assert sum(size * n for size, n in stats["batch_sizes"].items()) == stats["samples"]
 
 
-def test_fork_child_gets_a_clear_error_not_a_hang():
-    result = run_python("""
+@pytest.mark.parametrize("use", ["batched(torch.randn(1, 4))", "batched.stats()"])
+def test_fork_child_gets_a_clear_error_not_a_hang(use):
+    """Calls and stats() alike: the lock may have been held by another thread at fork()."""
+    result = run_python(f"""
         import os, torch, mps_threadsafe
         from mps_threadsafe import BatchedModule
         batched = BatchedModule(torch.nn.Linear(4, 2).eval(), workers=2)
@@ -550,7 +553,7 @@ def test_fork_child_gets_a_clear_error_not_a_hang():
         pid = os.fork()
         if pid == 0:
             try:
-                batched(torch.randn(1, 4))
+                {use}
                 os._exit(3)
             except RuntimeError as e:
                 os._exit(0 if "fork" in str(e) else 4)
@@ -873,26 +876,6 @@ def test_no_group_waits_behind_one_that_cannot_fill():
             f.result(TIMEOUT)
 
 
-def test_stats_in_a_fork_child_is_an_error_not_a_hang():
-    result = run_python("""
-        import os, torch, mps_threadsafe
-        from mps_threadsafe import BatchedModule
-        batched = BatchedModule(torch.nn.Linear(4, 2).eval(), workers=1)
-        batched(torch.randn(1, 4))
-        pid = os.fork()
-        if pid == 0:
-            try:
-                batched.stats()
-                os._exit(3)
-            except RuntimeError as e:
-                os._exit(0 if "fork" in str(e) else 4)
-        _, status = os.waitpid(pid, 0)
-        print("child", os.WEXITSTATUS(status))
-        batched.close()
-    """, timeout=120)
-    assert "child 0" in result.stdout, result.stdout + result.stderr
-
-
 def test_only_the_first_argument_must_have_the_parameters_dtype():
     master = nn.Linear(13, 5).eval()
     inner = on_device(master)
@@ -925,3 +908,73 @@ def test_a_bad_timeout_is_refused_before_the_call_is_accepted(timeout):
 def test_devices_without_cross_stream_ordering_are_refused():
     with pytest.raises(ValueError, match="not supported"):
         BatchedModule(nn.Linear(2, 2).eval(), device="meta")
+
+
+# ---- the second review's findings -------------------------------------------------------------
+
+
+def test_a_done_callback_that_blocks_or_closes_gets_an_error_or_returns_not_a_hang():
+    master = nn.Linear(4, 2).eval()
+    batched = BatchedModule(on_device(master), workers=1)
+    seen = concurrent.futures.Future()
+
+    def callback(_):
+        try:
+            batched(torch.randn(1, 4))
+            seen.set_result("no error")
+        except RuntimeError as error:
+            seen.set_result(str(error))
+        batched.close()  # from the worker's thread: does not wait for itself
+
+    first = batched.submit(torch.randn(1, 4))
+    first.add_done_callback(callback)
+    assert "from inside its own batch" in seen.result(TIMEOUT)
+    batched.close()
+    assert batched.closed and first.done()
+
+
+def test_close_without_waiting_still_drains_at_exit():
+    result = run_python("""
+        import atexit
+        futures = []
+        atexit.register(lambda: print("answered", sum(f.done() for f in futures)))
+        import torch, mps_threadsafe
+        from mps_threadsafe import BatchedModule
+        batched = BatchedModule(torch.nn.Linear(4, 2).eval().to("mps_sim"), workers=1)
+        futures += [batched.submit(torch.randn(1, 4)) for _ in range(20)]
+        batched.close(wait=False)
+    """, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "answered 20" in result.stdout
+
+
+def test_a_future_the_caller_set_itself_does_not_stop_the_batcher():
+    master = nn.Linear(4, 2).eval()
+    gate = Gate(on_device(master))
+    with BatchedModule(gate, workers=1) as batched:
+        held = batched.submit(torch.randn(1, 4))
+        assert gate.entered.wait(TIMEOUT)
+        meddled = batched.submit(torch.randn(1, 4))
+        meddled.set_result("mine")  # misuse: the batcher's future, set by its caller
+        x = torch.randn(1, 4)
+        after = batched.submit(x)
+        gate.opened.set()
+        held.result(TIMEOUT)
+        assert_close(after.result(TIMEOUT), cpu_result(master, x))
+        assert meddled.result(0) == "mine"
+
+
+def test_an_infinite_timeout_means_no_timeout():
+    master = nn.Linear(4, 2).eval()
+    gate = Gate(on_device(master))
+    with BatchedModule(gate, workers=1) as batched:
+        held = batched.submit(torch.randn(1, 4))
+        assert gate.entered.wait(TIMEOUT)
+        x = torch.randn(1, 4)
+        queued = concurrent.futures.ThreadPoolExecutor(1).submit(
+            batched, x, timeout=float("inf"))
+        while batched.stats()["pending"] == 0:
+            time.sleep(0.001)
+        gate.opened.set()
+        held.result(TIMEOUT)
+        assert_close(queued.result(TIMEOUT), cpu_result(master, x))
