@@ -935,8 +935,11 @@ def _batch_modes(device):
         stack.enter_context(torch.no_grad())
     for device_type in (("cpu",) if device.type == "cpu" else ("cpu", device.type)):
         try:
-            if torch.is_autocast_enabled(device_type):
-                stack.enter_context(torch.autocast(device_type, enabled=False))
+            enabled = torch.is_autocast_enabled(device_type)
+        except TypeError:  # torch < 2.4 asks per device type by name: enter it unconditionally
+            enabled = True
         except RuntimeError:  # a device type autocast does not know
-            pass
+            continue
+        if enabled:
+            stack.enter_context(torch.autocast(device_type, enabled=False))
     return stack
