@@ -936,7 +936,7 @@ def _batch_modes(device):
     for device_type in (("cpu",) if device.type == "cpu" else ("cpu", device.type)):
         try:
             enabled = torch.is_autocast_enabled(device_type)
-        except TypeError:  # torch < 2.4 asks per device type by name: enter it unconditionally
+        except TypeError:  # an older torch takes no device type here: enter the context anyway
             enabled = True
         except RuntimeError:  # a device type autocast does not know
             continue
