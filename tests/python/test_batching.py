@@ -327,18 +327,24 @@ def test_two_failing_calls_get_exceptions_of_their_own():
     assert all(isinstance(e, RuntimeError) for e in errors) and errors[0] is not errors[1]
 
 
-def test_a_python_error_in_the_model_reaches_only_its_batch():
-    master = nn.Linear(4, 2).eval()
-    inner = on_device(master)
-
+def refusing(inner, error):
+    """`inner`, raising `error` for an input with a value below -100 (POISON)."""
     def model(x):
         if (x.cpu() < -100).any():
-            raise ValueError("refused a sample")
+            raise error
         return inner(x)
+    return model
 
+
+POISON = -1000.0
+
+
+def test_a_python_error_in_the_model_reaches_only_its_batch():
+    master = nn.Linear(4, 2).eval()
+    model = refusing(on_device(master), ValueError("refused a sample"))
     with BatchedModule(model, workers=2, device=DEVICE) as batched:
         with pytest.raises(ValueError, match="refused a sample"):
-            batched(torch.full((1, 4), -1000.0))
+            batched(torch.full((1, 4), POISON))
         x = torch.randn(3, 4)
         assert_close(batched(x), cpu_result(master, x))
         assert batched.stats()["batches_failed"] == 1
@@ -776,15 +782,10 @@ def test_dict_subclasses_and_none_pass_through():
 
 def test_a_worker_survives_a_model_that_raises_systemexit():
     inner = on_device(nn.Linear(4, 2).eval())
-
-    def model(x):
-        if (x.cpu() < -100).any():
-            raise SystemExit("the model wanted out")
-        return inner(x)
-
+    model = refusing(inner, SystemExit("the model wanted out"))
     with BatchedModule(model, workers=1, device=DEVICE) as batched:
         with pytest.raises(RuntimeError, match="interrupted by SystemExit"):
-            batched.submit(torch.full((1, 4), -1000.0)).result(TIMEOUT)
+            batched.submit(torch.full((1, 4), POISON)).result(TIMEOUT)
         x = torch.randn(1, 4)
         assert_close(batched.submit(x).result(TIMEOUT), cpu_result(inner.cpu(), x))
 
