@@ -64,7 +64,10 @@ caller's autocast or inference_mode must not make its result, and its batch-mate
 which thread ran the batch). Inputs that require grad are refused: the result could not carry
 their gradient. Results are views of the batch's output rows (as ``torch.split`` returns);
 ``.clone()`` one to own its storage. A submitted call reads its inputs when its batch runs,
-as an asynchronous CUDA call does: do not modify them before the future is done.
+as an asynchronous CUDA call does: do not modify them before the future is done. A batch of
+several calls runs on a concatenated copy of their inputs, so a model that writes its input in
+place (``ReLU(inplace=True)`` as its first op) changes the caller's tensor only when its call
+runs alone, as calling the model does: such a model is not for BatchedModule.
 
 Note [Batches hold one shape]
 Calls are grouped by each argument's dtype and sample shape (the shape after the batch
@@ -716,7 +719,11 @@ class BatchedModule:
         # Busy through the answers too: done-callbacks run here, on this worker's thread.
         self._local.busy = True
         try:
-            outcomes = self._outcomes(lane, batch)
+            try:
+                outcomes = self._outcomes(lane, batch)
+            except Exception as error:  # a bug of ours: the batch's callers hear of it, and
+                outcomes = _Outcomes((None, error) for _ in batch)  # the lane is given back
+                outcomes.batch_failed = True
             failed = sum(error is not None for _, error in outcomes)
             self._finish(lane, batch, failed, batch_failed=outcomes.batch_failed)
             for request, (result, error) in zip(batch, outcomes):

@@ -979,3 +979,21 @@ def test_an_infinite_timeout_means_no_timeout():
         gate.opened.set()
         held.result(TIMEOUT)
         assert_close(queued.result(TIMEOUT), cpu_result(master, x))
+
+
+def test_a_bug_while_running_a_batch_reaches_its_callers_and_frees_the_lane(monkeypatch):
+    """Whatever raises while a worker runs a batch (here: the outcomes step itself), the
+    batch's callers get the error, the lane comes back, and close() does not hang."""
+    master = nn.Linear(4, 2).eval()
+    with BatchedModule(on_device(master), workers=1) as batched:
+        def broken(lane, batch):
+            raise RuntimeError("an internal fault")
+
+        monkeypatch.setattr(batched, "_outcomes", broken)
+        with pytest.raises(RuntimeError, match="an internal fault"):
+            batched.submit(torch.randn(1, 4)).result(TIMEOUT)
+        monkeypatch.undo()
+        x = torch.randn(1, 4)
+        assert_close(batched.submit(x).result(TIMEOUT), cpu_result(master, x))
+        stats = batched.stats()
+    assert stats["lanes_busy"] == 0 and stats["failed"] == 1
