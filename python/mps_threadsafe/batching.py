@@ -99,6 +99,10 @@ import torch
 
 __all__ = ["BatchedModule", "BatcherClosedError", "PadSequences"]
 
+# The counters stats() reports (docs/stats.md).
+_COUNTS = ("requests", "samples", "refused", "cancelled", "completed", "failed", "batches",
+           "batches_failed", "retried_alone", "ran_alone", "caller_run_batches")
+
 # Queue waits and latencies kept for the percentiles in stats(): the latest this many calls.
 STATS_WINDOW = 65536
 
@@ -210,21 +214,45 @@ class PadSequences:
 
 
 class _Request:
-    __slots__ = ("args", "rows", "sample_shape", "key", "future", "lane", "accepted", "started")
+    """One accepted call. A queued call is answered through its future (submit) or, for a
+    blocking call, through `answered`: a lock held until its result or error is set (a
+    Future's condition variable costs a blocking caller several microseconds under the GIL
+    for nothing it uses)."""
+    __slots__ = ("args", "rows", "sample_shape", "key", "future", "answered", "result", "error",
+                 "withdrawn", "lane", "accepted", "started")
 
     def __init__(self, args, rows, sample_shape, key):
         self.args, self.rows, self.sample_shape, self.key = args, rows, sample_shape, key
-        self.future = None  # made when the call queues
+        self.future = None  # a submitted call's, made when it queues
+        self.answered = None  # a queued blocking call's
+        self.result = self.error = None
+        self.withdrawn = False  # a blocking call that timed out before its batch
         self.lane = None  # set when its caller runs it (Note [The caller runs its own batch])
         self.accepted = time.perf_counter()
         self.started = None
 
+    def answer(self, result, error):
+        if self.future is None:
+            self.result, self.error = result, error
+            self.answered.release()
+            return
+        try:
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+        except concurrent.futures.InvalidStateError:
+            pass  # the caller set its future itself; the others still get theirs
+
 
 class _Lane:
-    __slots__ = ("index", "stream", "batches")
+    __slots__ = ("index", "stream", "workers_own", "batches")
 
     def __init__(self, index):
         self.index, self.stream, self.batches = index, None, 0
+        # Whether the stream is its worker thread's current stream, so the worker runs batches
+        # on it without a stream switch (Note [A lane's stream is its worker's own]).
+        self.workers_own = False
 
 
 class _Alone:
@@ -367,18 +395,24 @@ class BatchedModule:
         self._lanes = [_Lane(i) for i in range(self.workers)]
         self._free_lanes = list(reversed(self._lanes))
 
-        self._cond = threading.Condition(threading.Lock())
+        # One lock; workers wait on _cond (woken one at a time: Note [Waking one worker]),
+        # close() on _drained.
+        self._lock = lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        self._drained = threading.Condition(lock)
         self._pending = collections.OrderedDict()  # group key -> deque of _Request
-        self._pending_rows = collections.Counter()  # group key -> samples waiting
+        self._pending_rows = {}  # group key -> samples waiting
         self._pending_count = 0
-        self._in_flight = collections.Counter()  # group key -> calls accepted, not answered
+        self._in_flight = {}  # group key -> calls accepted, not answered
         self._in_flight_total = 0
         self._closed = False
         self._forked = False
         self._pid = os.getpid()
         self._local = threading.local()  # .busy: this thread is running one of our batches
-        self._counts = collections.Counter()
+        self._counts = dict.fromkeys(_COUNTS, 0)  # a plain dict: the hot path counts cheaply
         self._batch_sizes = collections.Counter()
+        self._is_threadsafe = getattr(self._device_module, "is_threadsafe", None)
+        self._autocast_types = ("cpu",) if self.device.type == "cpu" else ("cpu", self.device.type)
         self._max_lanes_busy = 0
         self._waits = collections.deque(maxlen=STATS_WINDOW)
         self._latencies = collections.deque(maxlen=STATS_WINDOW)
@@ -416,20 +450,26 @@ class BatchedModule:
             raise RuntimeError("BatchedModule: a blocking call from inside its own batch (the "
                                "model, or a future's done-callback) would wait for the lane it "
                                "holds; call the model directly, or use submit()")
-        request = self._accept(args, may_run_here=True)
+        request = self._accept(args, blocking=True)
         if request.lane is not None:  # Note [The caller runs its own batch]
             return self._run_here(request)
-        try:
-            return request.future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            request.future.cancel()  # withdrawn if not yet in a batch
-            raise
+        if not request.answered.acquire(timeout=-1 if timeout is None else timeout):
+            with self._cond:
+                if request.started is None:
+                    request.withdrawn = True  # dropped when its group leaves
+            if not request.answered.acquire(blocking=False):  # not answered meanwhile
+                raise concurrent.futures.TimeoutError(
+                    f"BatchedModule: no result within {timeout} s"
+                    + ("" if request.withdrawn else " (the call still runs; its result is dropped)"))
+        if request.error is not None:
+            raise request.error
+        return request.result
 
     def submit(self, *args):
         """A ``concurrent.futures.Future`` of ``model(*args)`` computed in a batch. Bad input
         raises here, not through the future. The inputs are read when the batch runs."""
         self._check_process()
-        return self._accept(args, may_run_here=False).future
+        return self._accept(args, blocking=False).future
 
     def close(self, wait=True):
         """Refuses new calls (BatcherClosedError) and runs every call already accepted; with
@@ -444,7 +484,7 @@ class BatchedModule:
             self._cond.notify_all()
             if wait and not inside:
                 while self._in_flight_total:
-                    self._cond.wait()
+                    self._drained.wait()
         if wait and not inside:
             for thread in self._threads:
                 thread.join()
@@ -478,9 +518,10 @@ class BatchedModule:
                                "use the batcher in its own process (a process started with "
                                "'spawn' can make one of its own)")
 
-    def _accept(self, args, may_run_here):
+    def _accept(self, args, blocking):
         """Checks the call and admits it: the returned request either has a lane to run on
-        here (request.lane: Note [The caller runs its own batch]) or is queued (request.future)."""
+        here (request.lane: Note [The caller runs its own batch]) or is queued (a blocking call
+        waits on request.answered, a submitted one has request.future)."""
         try:
             rows, sample_shape, key = self._check(args)
         except (TypeError, ValueError):
@@ -488,27 +529,35 @@ class BatchedModule:
                 self._counts["refused"] += 1
             raise
         request = _Request(args, rows, sample_shape, key)
-        with self._cond:
+        with self._lock:  # the Lock itself: a Condition's `with` is Python code
             if self._closed:
                 self._counts["refused"] += 1
                 raise BatcherClosedError("BatchedModule is closed: it runs the calls it accepted "
                                          "before close() and refuses new ones")
-            self._counts["requests"] += 1
-            self._counts["samples"] += rows
-            self._in_flight[key] += 1
+            counts = self._counts
+            counts["requests"] += 1
+            counts["samples"] += rows
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
             self._in_flight_total += 1
-            if (may_run_here and self._free_lanes and key not in self._pending
+            if (blocking and self._free_lanes and key not in self._pending
                     and self._in_flight_total <= len(self._lanes)):
                 request.started = request.accepted
-                self._counts["caller_run_batches"] += 1
+                counts["caller_run_batches"] += 1
                 request.lane = self._claim_lane()
                 return request
-            request.future = concurrent.futures.Future()
-            self._pending.setdefault(key, collections.deque()).append(request)
+            if blocking:
+                request.answered = threading.Lock()
+                request.answered.acquire()
+            else:
+                request.future = concurrent.futures.Future()
+            queue = self._pending.get(key)
+            if queue is None:
+                queue = self._pending[key] = collections.deque()
+                self._pending_rows[key] = 0
+            queue.append(request)
             self._pending_rows[key] += rows
             self._pending_count += 1
-            if self._free_lanes:
-                self._cond.notify()
+            self._wake_a_worker()
         return request
 
     def _check(self, args):
@@ -524,34 +573,40 @@ class BatchedModule:
             raise ValueError(_TRAINING_MESSAGE.format(where=" (the model itself)"))
         rows = None
         parts = []
+        # Every call passes here: each tensor property is read once (each read builds an object).
         for position, arg in enumerate(args):
-            where = f"argument {position}"
             if not isinstance(arg, torch.Tensor):
-                raise TypeError(f"BatchedModule: {where} must be a tensor, got "
+                raise TypeError(f"BatchedModule: argument {position} must be a tensor, got "
                                 f"{type(arg).__name__}")
             if arg.layout != torch.strided:
-                raise TypeError(f"BatchedModule: {where} is a {arg.layout} tensor; only dense "
-                                "(strided) tensors can be batched")
-            if arg.device.type != "cpu" and arg.device != self.device:
-                raise ValueError(f"BatchedModule: {where} is on {arg.device}; the model runs on "
-                                 f"{self.device} (give it tensors on {self.device} or on the cpu)")
-            if arg.dim() == 0:
-                raise ValueError(f"BatchedModule: {where} is 0-dimensional; inputs need the batch "
-                                 "dimension first (x.unsqueeze(0) for one sample)")
+                raise TypeError(f"BatchedModule: argument {position} is a {arg.layout} tensor; "
+                                "only dense (strided) tensors can be batched")
+            device = arg.device
+            if device != self.device and device.type != "cpu":
+                raise ValueError(f"BatchedModule: argument {position} is on {device}; the model "
+                                 f"runs on {self.device} (give it tensors on {self.device} or on "
+                                 "the cpu)")
+            shape = arg.shape
+            if not shape:
+                raise ValueError(f"BatchedModule: argument {position} is 0-dimensional; inputs "
+                                 "need the batch dimension first (x.unsqueeze(0) for one sample)")
             if arg.requires_grad:
-                raise ValueError(f"BatchedModule: {where} requires grad; the model runs without "
-                                 "autograd (torch.no_grad), so the result could not carry its "
-                                 "gradient: pass x.detach(), or call the model itself to train")
-            if (position == 0 and self._param_dtype is not None and arg.is_floating_point()
-                    and arg.dtype != self._param_dtype):
-                raise TypeError(f"BatchedModule: {where} is {arg.dtype}, the model's parameters "
-                                f"are {self._param_dtype}")
+                raise ValueError(f"BatchedModule: argument {position} requires grad; the model "
+                                 "runs without autograd (torch.no_grad), so the result could not "
+                                 "carry its gradient: pass x.detach(), or call the model itself "
+                                 "to train")
+            dtype = arg.dtype
+            if (position == 0 and self._param_dtype is not None and dtype.is_floating_point
+                    and dtype != self._param_dtype):
+                raise TypeError(f"BatchedModule: argument {position} is {dtype}, the model's "
+                                f"parameters are {self._param_dtype}")
             if rows is None:
-                rows = arg.shape[0]
-            elif arg.shape[0] != rows:
-                raise ValueError(f"BatchedModule: {where} has {arg.shape[0]} rows, argument 0 "
-                                 f"has {rows}: every argument needs the same batch size")
-            parts.append((arg.dtype, tuple(arg.shape[1:])))
+                rows = shape[0]
+            elif shape[0] != rows:
+                raise ValueError(f"BatchedModule: argument {position} has {shape[0]} rows, "
+                                 f"argument 0 has {rows}: every argument needs the same batch "
+                                 "size")
+            parts.append((dtype, tuple(shape)[1:]))  # slicing the torch.Size costs more
         sample_shape = parts[0][1]
         if rows == 0:
             return rows, sample_shape, _Alone()
@@ -571,8 +626,13 @@ class BatchedModule:
 
     # ---- lanes and workers ---------------------------------------------------------------------
 
-    def _claim_lane(self):
-        lane = self._free_lanes.pop()
+    def _claim_lane(self, preferred=None):
+        free = self._free_lanes
+        if preferred is not None and preferred in free:
+            free.remove(preferred)
+            lane = preferred
+        else:
+            lane = free.pop()
         busy = len(self._lanes) - len(self._free_lanes)
         self._max_lanes_busy = max(self._max_lanes_busy, busy)
         return lane
@@ -580,7 +640,11 @@ class BatchedModule:
     def _release_lane(self, lane):
         lane.batches += 1
         self._free_lanes.append(lane)
-        if self._pending_count:
+
+    def _wake_a_worker(self):
+        """Under the lock, after anything that may let a group leave (a call queued, a lane
+        freed, calls answered: a smaller fair share). Note [Waking one worker]."""
+        if self._pending_count and self._free_lanes:
             self._cond.notify()
 
     def _choose_group(self):
@@ -590,7 +654,7 @@ class BatchedModule:
         best, wait = None, None
         for key, queue in self._pending.items():
             head = queue[0].accepted
-            fair_share = min(self.max_batch, -(-self._in_flight[key] // len(self._lanes)))
+            fair_share = min(self.max_batch, -(-self._in_flight.get(key, 0) // len(self._lanes)))
             left = head + self.max_wait_s - now
             if (self.max_wait_s == 0 or self._closed or isinstance(key, _Alone)
                     or self._pending_rows[key] >= fair_share or left <= 0):
@@ -610,10 +674,13 @@ class BatchedModule:
             request = queue.popleft()
             self._pending_count -= 1
             self._pending_rows[key] -= request.rows
-            try:
-                running = request.future.set_running_or_notify_cancel()
-            except RuntimeError:  # the caller set the future itself: nothing to run for it
-                running = False
+            if request.future is None:
+                running = not request.withdrawn
+            else:
+                try:
+                    running = request.future.set_running_or_notify_cancel()
+                except RuntimeError:  # the caller set the future itself: nothing to run for it
+                    running = False
             if not running:
                 self._counts["cancelled"] += 1
                 self._answered(request.key)
@@ -627,19 +694,23 @@ class BatchedModule:
         return batch
 
     def _answered(self, key, calls=1):
-        """Under the lock: `calls` calls of group `key` are answered (or withdrawn)."""
-        self._in_flight[key] -= calls
-        if not self._in_flight[key]:
+        """Under the lock: `calls` calls of group `key` are answered (or withdrawn). The caller
+        wakes a worker if that may let a group leave (a smaller fair share)."""
+        left = self._in_flight[key] - calls
+        if left:
+            self._in_flight[key] = left
+        else:
             del self._in_flight[key]
         self._in_flight_total -= calls
-        if self._pending_count or (self._closed and not self._in_flight_total):
-            self._cond.notify_all()  # a smaller fair share may let a group leave; close() waits
+        if self._closed and not self._in_flight_total:
+            self._drained.notify_all()
 
     def _take_lane_stream(self):
-        """The stream of this worker's lane (Note [A lane's stream is its worker's own])."""
+        """(The stream of this worker's lane, whether it is the worker thread's current stream):
+        Note [A lane's stream is its worker's own]."""
         module = self._device_module
         if module is None:
-            return None
+            return None, False
         is_threadsafe = getattr(module, "is_threadsafe", None)
         current, default = (getattr(module, name, None) for name in ("current_stream",
                                                                      "default_stream"))
@@ -647,12 +718,12 @@ class BatchedModule:
                 and is_threadsafe():
             own = current()  # binds this thread to a pool stream of its own
             if own.stream_id != default().stream_id:
-                return own
-        return module.Stream()
+                return own, True
+        return module.Stream(), False
 
     def _worker(self, lane, started, failures):
         try:
-            lane.stream = self._take_lane_stream()
+            lane.stream, lane.workers_own = self._take_lane_stream()
         except Exception as error:  # raised by the constructor
             failures.append(error)
             return
@@ -676,10 +747,12 @@ class BatchedModule:
                 batch = self._take_batch(key)
                 if not batch:
                     continue
-                lane_for_batch = self._claim_lane()
+                lane_for_batch = self._claim_lane(preferred=lane)
+                self._wake_a_worker()  # another group may leave too, on another lane
                 self._cond.release()
                 try:
-                    self._run_queued(lane_for_batch, batch)
+                    self._run_queued(lane_for_batch, batch,
+                                     on_own_stream=lane_for_batch is lane and lane.workers_own)
                 except Exception as error:  # a bug of ours: say so, and keep the worker alive
                     print(f"BatchedModule worker: {type(error).__name__}: {error}",
                           file=sys.stderr)
@@ -688,18 +761,13 @@ class BatchedModule:
 
     # ---- running a batch -----------------------------------------------------------------------
 
-    def _callers_stream_is_its_own(self):
-        """Whether the calling thread's current stream is its own (Note [The caller runs its
-        own batch]): thread safety on, so the policy gave it a stream no other thread holds."""
-        is_threadsafe = getattr(self._device_module, "is_threadsafe", None)
-        return is_threadsafe is not None and bool(is_threadsafe())
-
     def _run_here(self, request):
         """A caller runs its own call on its thread (Note [The caller runs its own batch])."""
         lane = request.lane
         self._local.busy = True
         try:
-            own = self._device_module is not None and self._callers_stream_is_its_own()
+            # With thread safety on, the policy gave this thread a stream no other thread holds.
+            own = self._is_threadsafe is not None and bool(self._is_threadsafe())
             result, error = self._compute(lane, [request], own)[0], None
         except Exception as failure:
             result, error = None, failure
@@ -713,36 +781,31 @@ class BatchedModule:
             raise error
         return result
 
-    def _run_queued(self, lane, batch):
-        """A worker runs a batch of queued calls, frees the lane, then answers the futures
-        (their done-callbacks run after the lane is free)."""
+    def _run_queued(self, lane, batch, on_own_stream):
+        """A worker runs a batch of queued calls, frees the lane, then answers the calls
+        (futures' done-callbacks run after the lane is free)."""
         # Busy through the answers too: done-callbacks run here, on this worker's thread.
         self._local.busy = True
         try:
             try:
-                outcomes = self._outcomes(lane, batch)
+                outcomes = self._outcomes(lane, batch, on_own_stream)
             except Exception as error:  # a bug of ours: the batch's callers hear of it, and
                 outcomes = _Outcomes((None, error) for _ in batch)  # the lane is given back
                 outcomes.batch_failed = True
             failed = sum(error is not None for _, error in outcomes)
             self._finish(lane, batch, failed, batch_failed=outcomes.batch_failed)
             for request, (result, error) in zip(batch, outcomes):
-                try:
-                    if error is not None:
-                        request.future.set_exception(error)
-                    else:
-                        request.future.set_result(result)
-                except concurrent.futures.InvalidStateError:
-                    pass  # the caller set its future itself; the others still get theirs
+                request.answer(result, error)
         finally:
             self._local.busy = False
 
-    def _outcomes(self, lane, batch):
+    def _outcomes(self, lane, batch, on_own_stream):
         """(result, error) per call (Note [A failed batch is retried one call at a time]). A
         worker never dies of a call: a BaseException becomes a RuntimeError for its callers."""
         outcomes = _Outcomes()
         try:
-            outcomes.extend((result, None) for result in self._compute(lane, batch, False))
+            outcomes.extend((result, None)
+                            for result in self._compute(lane, batch, on_own_stream))
             return outcomes
         except Exception as error:
             if len(batch) == 1:
@@ -756,7 +819,7 @@ class BatchedModule:
         outcomes.batch_failed = True
         for request in batch:
             try:
-                outcomes.append((self._compute(lane, [request], False)[0], None))
+                outcomes.append((self._compute(lane, [request], on_own_stream)[0], None))
             except Exception as error:
                 outcomes.append((None, error))
             except BaseException as interrupt:
@@ -773,15 +836,15 @@ class BatchedModule:
         stream = lane.stream
         if on_own_stream:
             stream = self._device_module.current_stream()
-            stream_context = contextlib.nullcontext()
+            stream_context = _NO_CONTEXT
         elif stream is not None:
             stream_context = self._device_module.stream(stream)
         else:
-            stream_context = contextlib.nullcontext()
+            stream_context = _NO_CONTEXT
         first = batch[0]
         padded = self.pad is not None and isinstance(first.key, tuple) and \
             first.key[:1] == ("padded",)
-        with _batch_modes(device), stream_context:
+        with _BatchModes(self._autocast_types), stream_context:
             kwargs = {}
             if padded:
                 target = first.key[2]
@@ -790,7 +853,7 @@ class BatchedModule:
                 lengths = [r.sample_shape[self.pad.dim] for r in batch for _ in range(r.rows)]
                 kwargs = self.pad.model_kwargs(lengths, target, device)
             elif len(batch) == 1:
-                inputs = tuple(a.to(device) for a in first.args)
+                inputs = [a.to(device) for a in first.args]
             else:
                 inputs = tuple(torch.cat([r.args[i].to(device) for r in batch])
                                for i in range(len(first.args)))
@@ -799,7 +862,7 @@ class BatchedModule:
                 output = _tree_map(lambda t: t.to(self.output_device), output)
             if stream is not None:
                 stream.synchronize()  # the batch's error, if any, belongs to this batch
-            total = sum(r.rows for r in batch)
+            total = first.rows if len(batch) == 1 else sum(r.rows for r in batch)
             for tensor in _tree_tensors(output):  # for a batch of one too: Note [What the ...]
                 if tensor.dim() == 0 or tensor.shape[0] != total:
                     raise RuntimeError(
@@ -825,20 +888,22 @@ class BatchedModule:
     def _finish(self, lane, batch, failed, batch_failed=None):
         """Under the lock: the batch's lane is free again and its calls are answered."""
         done = time.perf_counter()
-        with self._cond:
+        with self._lock:
             self._release_lane(lane)
-            self._counts["batches"] += 1
+            counts = self._counts
+            counts["batches"] += 1
             self._batch_sizes[batch[0].rows if len(batch) == 1 else sum(r.rows for r in batch)] += 1
             if len(batch) == 1:
-                self._counts["ran_alone"] += 1
+                counts["ran_alone"] += 1
             if failed if batch_failed is None else batch_failed:
-                self._counts["batches_failed"] += 1
-            self._counts["failed"] += failed
-            self._counts["completed"] += len(batch) - failed
+                counts["batches_failed"] += 1
+            counts["failed"] += failed
+            counts["completed"] += len(batch) - failed
             for request in batch:
                 self._waits.append(request.started - request.accepted)
                 self._latencies.append(done - request.accepted)
                 self._answered(request.key)
+            self._wake_a_worker()
 
     # ---- counters ------------------------------------------------------------------------------
 
@@ -932,21 +997,51 @@ def _device_module(device):
     return module
 
 
-def _batch_modes(device):
-    """Note [What a batch runs under]: no grad, no inference mode, no autocast, entering only
-    the contexts the calling thread needs (each costs microseconds on every call)."""
-    stack = contextlib.ExitStack()
-    if torch.is_inference_mode_enabled():
-        stack.enter_context(torch.inference_mode(False))
-    if torch.is_grad_enabled():
-        stack.enter_context(torch.no_grad())
-    for device_type in (("cpu",) if device.type == "cpu" else ("cpu", device.type)):
-        try:
-            enabled = torch.is_autocast_enabled(device_type)
-        except TypeError:  # an older torch takes no device type here: enter the context anyway
-            enabled = True
-        except RuntimeError:  # a device type autocast does not know
-            continue
-        if enabled:
-            stack.enter_context(torch.autocast(device_type, enabled=False))
-    return stack
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: it holds no state
+
+
+def _autocast_enabled(device_type):
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # an older torch takes no device type here: assume it is on
+        return True
+    except RuntimeError:  # a device type autocast does not know
+        return False
+
+
+class _BatchModes:
+    """Note [What a batch runs under]: no grad, no inference mode, no autocast. Every call
+    enters it: the usual thread (grad on, nothing else) costs one flag flip; only a thread in
+    inference mode or autocast pays for the context managers that undo them."""
+    __slots__ = ("autocast_types", "grad_was", "stack")
+
+    def __init__(self, autocast_types):
+        self.autocast_types = autocast_types
+
+    def __enter__(self):
+        slow = torch.is_inference_mode_enabled()
+        for device_type in self.autocast_types:
+            slow = slow or _autocast_enabled(device_type)
+        if slow:
+            stack = contextlib.ExitStack()
+            if torch.is_inference_mode_enabled():
+                stack.enter_context(torch.inference_mode(False))
+            if torch.is_grad_enabled():
+                stack.enter_context(torch.no_grad())
+            for device_type in self.autocast_types:
+                if _autocast_enabled(device_type):
+                    stack.enter_context(torch.autocast(device_type, enabled=False))
+            self.stack = stack
+            return self
+        self.stack = None
+        self.grad_was = torch.is_grad_enabled()
+        if self.grad_was:
+            torch._C._set_grad_enabled(False)  # what torch.no_grad() does, without its wrapper
+        return self
+
+    def __exit__(self, *exc):
+        if self.stack is not None:
+            return self.stack.__exit__(*exc)
+        if self.grad_was:
+            torch._C._set_grad_enabled(True)
+        return False

@@ -986,7 +986,7 @@ def test_a_bug_while_running_a_batch_reaches_its_callers_and_frees_the_lane(monk
     batch's callers get the error, the lane comes back, and close() does not hang."""
     master = nn.Linear(4, 2).eval()
     with BatchedModule(on_device(master), workers=1) as batched:
-        def broken(lane, batch):
+        def broken(*internals):
             raise RuntimeError("an internal fault")
 
         monkeypatch.setattr(batched, "_outcomes", broken)
