@@ -50,6 +50,16 @@ queueing behind it: batches would alternate between one call and all the others.
 that cannot grow (a lone shape) has a fair share of its own calls and leaves at once; no group
 waits behind another. ``max_wait_ms`` = 0 takes whatever is waiting at once.
 
+Note [Waking one worker]
+Every event that may let a group leave (a call queued, a lane freed, calls answered) wakes one
+idle worker, and a worker that takes a batch while more could leave wakes the next: a worker
+woken for nothing costs a thread switch and the GIL, which every caller needs, so waking them
+all on every answer (as a notify_all would) taxes each call once per worker. A blocking call
+waits on a lock of its own, released when its answer is set; a ``Future`` (``submit``) costs a
+condition variable per call and is made only for the callers who asked for one. A blocking
+call that times out before its batch starts is withdrawn (``cancelled``); one that times out
+while its batch runs raises TimeoutError, and its result is dropped.
+
 Note [A failed batch is retried one call at a time]
 When a batch of several calls fails (the model raises, or a kernel fails on the GPU: Metal
 loses the whole command buffer), each of its calls is run again alone on the same lane, so an

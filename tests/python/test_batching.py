@@ -12,13 +12,14 @@ import copy
 import pathlib
 import threading
 import time
+import types
 
 import pytest
 import torch
 from torch import nn
 
 from conftest import DEVICE, run_python
-from mps_threadsafe import BatchedModule, BatcherClosedError, PadSequences
+from mps_threadsafe import BatchedModule, BatcherClosedError, PadSequences, batching
 
 TIMEOUT = 120  # seconds; a gate or a result that takes longer is a hang, reported as a failure
 
@@ -471,6 +472,100 @@ def test_a_call_that_times_out_is_withdrawn_and_never_runs():
         assert_close(batched(x), cpu_result(master, x))
         stats = batched.stats()
     assert stats["cancelled"] == 1 and gate.calls == 2
+
+
+class Turnstile(nn.Module):
+    """Wraps a model: its k-th forward (k < n) announces itself (entered[k]) and waits for
+    release[k]."""
+
+    def __init__(self, inner, n):
+        super().__init__()
+        self.inner = inner
+        self.entered = [threading.Event() for _ in range(n)]
+        self.release = [threading.Event() for _ in range(n)]
+        self.calls = 0
+        self.lock = threading.Lock()
+        self.eval()
+
+    def forward(self, *args):
+        with self.lock:
+            k, self.calls = self.calls, self.calls + 1
+        if k < len(self.entered):
+            self.entered[k].set()
+            assert self.release[k].wait(TIMEOUT), "the test never released the call"
+        return self.inner(*args)
+
+
+def test_a_blocking_call_that_times_out_while_its_batch_runs_raises_and_is_not_withdrawn(
+        monkeypatch):
+    """Note [Waking one worker]: a call whose batch already runs is not withdrawn: its caller
+    gets TimeoutError, the batch completes, and the batcher goes on. The caller's clock is a
+    fake one that runs out exactly when its batch is inside the model, so the order is
+    certain."""
+    master = nn.Linear(8, 4).eval()
+    turnstile = Turnstile(on_device(master), 2)
+    real_lock = threading.Lock
+
+    class TimesOutOnceItsBatchRuns:
+        def __init__(self):
+            self.lock = real_lock()
+
+        def acquire(self, blocking=True, timeout=-1):
+            if timeout > 0:  # the caller's wait for its answer
+                assert turnstile.entered[1].wait(TIMEOUT)
+                return False
+            return self.lock.acquire(blocking, timeout)
+
+        def release(self):
+            self.lock.release()
+
+    with BatchedModule(turnstile, workers=1) as batched:
+        xa, xb = torch.randn(1, 8), torch.randn(1, 8)
+        first = batched.submit(xa)  # holds the one lane
+        assert turnstile.entered[0].wait(TIMEOUT)
+        outcome = {}
+
+        def caller():
+            try:
+                outcome["result"] = batched(xb, timeout=30)
+            except concurrent.futures.TimeoutError as error:
+                outcome["error"] = error
+
+        monkeypatch.setattr(batching, "threading", types.SimpleNamespace(
+            Lock=TimesOutOnceItsBatchRuns))
+        thread = threading.Thread(target=caller)
+        thread.start()
+        deadline = time.monotonic() + TIMEOUT
+        while batched.stats()["pending"] != 1:
+            assert time.monotonic() < deadline, "the call never queued"
+            time.sleep(0.001)
+        monkeypatch.undo()
+        turnstile.release[0].set()
+        thread.join(TIMEOUT)
+        assert "still runs" in str(outcome["error"]) and "result" not in outcome
+        turnstile.release[1].set()
+        assert_close(first.result(TIMEOUT), cpu_result(master, xa))
+        x = torch.randn(1, 8)
+        assert_close(batched(x), cpu_result(master, x))
+    stats = batched.stats()
+    assert stats["cancelled"] == 0 and stats["completed"] == 3 and turnstile.calls == 3
+
+
+def test_an_answer_wakes_one_worker_not_all_of_them(monkeypatch):
+    """Note [Waking one worker]: while calls queue and answers come back, no event wakes
+    every worker (only close() does)."""
+    master = nn.Linear(4, 2).eval()
+    with BatchedModule(on_device(master), workers=4, max_wait_ms=0) as batched:
+        woken_all = []
+        real = batched._cond.notify_all
+        monkeypatch.setattr(batched._cond, "notify_all",
+                            lambda: woken_all.append(True) or real())
+        xs = [torch.randn(1 + i % 3, 4) for i in range(64)]
+        futures = [batched.submit(x) for x in xs]
+        for x, f in zip(xs, futures):
+            assert_close(f.result(TIMEOUT), cpu_result(master, x))
+        assert not woken_all
+        assert batched.stats()["completed"] == 64
 
 
 def test_the_callers_grad_modes_and_autocast_do_not_change_results():
