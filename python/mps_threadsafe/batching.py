@@ -38,6 +38,10 @@ would (a lane's stream would cost a stream switch and make every buffer cross st
 it off, that stream is the default one every thread shares, so it runs on the lane's. So up
 to ``workers`` concurrent callers cost what calling the model from their own threads costs,
 and a lone caller never waits. Futures (``submit``) always go through the queue.
+A blocking call that queues and so lets its group leave (Note [When a batch leaves]) while a
+lane is free leads that batch itself, the same way: it runs the batch, its own call in it, on
+its own thread, instead of waking a worker for it (``caller_led_batches``). A worker that
+finishes a batch looks for the next one itself, without waking another.
 
 Note [When a batch leaves]
 Calls beyond that queue, grouped by shape, and free workers take them. A group leaves as soon
@@ -111,7 +115,7 @@ __all__ = ["BatchedModule", "BatcherClosedError", "PadSequences"]
 
 # The counters stats() reports (docs/stats.md).
 _COUNTS = ("requests", "samples", "refused", "cancelled", "completed", "failed", "batches",
-           "batches_failed", "retried_alone", "ran_alone", "caller_run_batches")
+           "batches_failed", "retried_alone", "ran_alone", "caller_run_batches", "caller_led_batches")
 
 # Queue waits and latencies kept for the percentiles in stats(): the latest this many calls.
 STATS_WINDOW = 65536
@@ -229,7 +233,7 @@ class _Request:
     Future's condition variable costs a blocking caller several microseconds under the GIL
     for nothing it uses)."""
     __slots__ = ("args", "rows", "sample_shape", "key", "future", "answered", "result", "error",
-                 "withdrawn", "lane", "accepted", "started")
+                 "withdrawn", "lane", "batch", "accepted", "started")
 
     def __init__(self, args, rows, sample_shape, key):
         self.args, self.rows, self.sample_shape, self.key = args, rows, sample_shape, key
@@ -238,6 +242,7 @@ class _Request:
         self.result = self.error = None
         self.withdrawn = False  # a blocking call that timed out before its batch
         self.lane = None  # set when its caller runs it (Note [The caller runs its own batch])
+        self.batch = None  # the batch it leads, when it runs one of queued calls
         self.accepted = time.perf_counter()
         self.started = None
 
@@ -462,7 +467,12 @@ class BatchedModule:
                                "holds; call the model directly, or use submit()")
         request = self._accept(args, blocking=True)
         if request.lane is not None:  # Note [The caller runs its own batch]
-            return self._run_here(request)
+            if request.batch is None:
+                return self._run_here(request)
+            interrupt = self._run_queued(request.lane, request.batch,
+                                         on_own_stream=self._on_own_stream())
+            if interrupt is not None:  # this thread's to raise; its batch-mates get an error
+                raise interrupt
         if not request.answered.acquire(timeout=-1 if timeout is None else timeout):
             with self._cond:
                 if request.started is None:
@@ -567,6 +577,11 @@ class BatchedModule:
             queue.append(request)
             self._pending_rows[key] += rows
             self._pending_count += 1
+            if (blocking and self._free_lanes and self._pending_rows[key] <= self.max_batch
+                    and self._may_leave(key, request.accepted)[0]):
+                request.batch = self._take_batch(key)  # its own call included: the newest
+                request.lane = self._claim_lane()
+                counts["caller_led_batches"] += 1
             self._wake_a_worker()
         return request
 
@@ -663,16 +678,21 @@ class BatchedModule:
         now = time.perf_counter()
         best, wait = None, None
         for key, queue in self._pending.items():
-            head = queue[0].accepted
-            fair_share = min(self.max_batch, -(-self._in_flight.get(key, 0) // len(self._lanes)))
-            left = head + self.max_wait_s - now
-            if (self.max_wait_s == 0 or self._closed or isinstance(key, _Alone)
-                    or self._pending_rows[key] >= fair_share or left <= 0):
-                if best is None or head < self._pending[best][0].accepted:
+            ready, left = self._may_leave(key, now)
+            if ready:
+                if best is None or queue[0].accepted < self._pending[best][0].accepted:
                     best = key
             elif wait is None or left < wait:
                 wait = left
         return best, wait
+
+    def _may_leave(self, key, now):
+        """(whether group `key` may leave now, seconds until its max_wait runs out): Note
+        [When a batch leaves]."""
+        left = self._pending[key][0].accepted + self.max_wait_s - now
+        fair_share = min(self.max_batch, -(-self._in_flight.get(key, 0) // len(self._lanes)))
+        return (self.max_wait_s == 0 or self._closed or isinstance(key, _Alone)
+                or self._pending_rows[key] >= fair_share or left <= 0), left
 
     def _take_batch(self, key):
         """Up to max_batch samples of the group's calls, oldest first (under the lock);
@@ -762,7 +782,8 @@ class BatchedModule:
                 self._cond.release()
                 try:
                     self._run_queued(lane_for_batch, batch,
-                                     on_own_stream=lane_for_batch is lane and lane.workers_own)
+                                     on_own_stream=lane_for_batch is lane and lane.workers_own,
+                                     by_worker=True)
                 except Exception as error:  # a bug of ours: say so, and keep the worker alive
                     print(f"BatchedModule worker: {type(error).__name__}: {error}",
                           file=sys.stderr)
@@ -771,14 +792,17 @@ class BatchedModule:
 
     # ---- running a batch -----------------------------------------------------------------------
 
+    def _on_own_stream(self):
+        """Whether a caller runs on its own current stream: with thread safety on, the policy
+        gave its thread a stream no other thread holds (Note [The caller runs its own batch])."""
+        return self._is_threadsafe is not None and bool(self._is_threadsafe())
+
     def _run_here(self, request):
         """A caller runs its own call on its thread (Note [The caller runs its own batch])."""
         lane = request.lane
         self._local.busy = True
         try:
-            # With thread safety on, the policy gave this thread a stream no other thread holds.
-            own = self._is_threadsafe is not None and bool(self._is_threadsafe())
-            result, error = self._compute(lane, [request], own)[0], None
+            result, error = self._compute(lane, [request], self._on_own_stream())[0], None
         except Exception as failure:
             result, error = None, failure
         except BaseException:  # KeyboardInterrupt or SystemExit: this thread's to raise
@@ -791,9 +815,10 @@ class BatchedModule:
             raise error
         return result
 
-    def _run_queued(self, lane, batch, on_own_stream):
-        """A worker runs a batch of queued calls, frees the lane, then answers the calls
-        (futures' done-callbacks run after the lane is free)."""
+    def _run_queued(self, lane, batch, on_own_stream, by_worker=False):
+        """A worker (or a leading caller) runs a batch of queued calls, frees the lane, then
+        answers the calls (futures' done-callbacks run after the lane is free). Returns the
+        KeyboardInterrupt or SystemExit that stopped the batch, if one did."""
         # Busy through the answers too: done-callbacks run here, on this worker's thread.
         self._local.busy = True
         try:
@@ -803,9 +828,11 @@ class BatchedModule:
                 outcomes = _Outcomes((None, error) for _ in batch)  # the lane is given back
                 outcomes.batch_failed = True
             failed = sum(error is not None for _, error in outcomes)
-            self._finish(lane, batch, failed, batch_failed=outcomes.batch_failed)
+            self._finish(lane, batch, failed, batch_failed=outcomes.batch_failed,
+                         wake=not by_worker)  # a worker looks for the next batch itself
             for request, (result, error) in zip(batch, outcomes):
                 request.answer(result, error)
+            return outcomes.interrupt
         finally:
             self._local.busy = False
 
@@ -825,6 +852,7 @@ class BatchedModule:
         except BaseException as interrupt:
             outcomes.extend((None, _interrupted(interrupt)) for _ in batch)
             outcomes.batch_failed = True
+            outcomes.interrupt = interrupt
             return outcomes
         outcomes.batch_failed = True
         for request in batch:
@@ -834,6 +862,7 @@ class BatchedModule:
                 outcomes.append((None, error))
             except BaseException as interrupt:
                 outcomes.append((None, _interrupted(interrupt)))
+                outcomes.interrupt = interrupt
         with self._cond:
             self._counts["retried_alone"] += len(batch)
         return outcomes
@@ -895,7 +924,7 @@ class BatchedModule:
             return _tree_map(lambda t: t[rows], output)
         return _tree_map(lambda t: then(t[rows]), output)
 
-    def _finish(self, lane, batch, failed, batch_failed=None):
+    def _finish(self, lane, batch, failed, batch_failed=None, wake=True):
         """Under the lock: the batch's lane is free again and its calls are answered."""
         done = time.perf_counter()
         with self._lock:
@@ -913,7 +942,8 @@ class BatchedModule:
                 self._waits.append(request.started - request.accepted)
                 self._latencies.append(done - request.accepted)
                 self._answered(request.key)
-            self._wake_a_worker()
+            if wake:
+                self._wake_a_worker()
 
     # ---- counters ------------------------------------------------------------------------------
 
@@ -948,6 +978,7 @@ class BatchedModule:
             / batches if batches else None,
             "batch_sizes": sizes, "ran_alone": counts.get("ran_alone", 0),
             "caller_run_batches": counts.get("caller_run_batches", 0),
+            "caller_led_batches": counts.get("caller_led_batches", 0),
             "queue_wait_p50_ms": ms(_percentile(waits, 50)),
             "queue_wait_p99_ms": ms(_percentile(waits, 99)),
             "latency_p50_ms": ms(_percentile(latencies, 50)),
@@ -966,8 +997,10 @@ _TRAINING_MESSAGE = ("BatchedModule: the model is in training mode{where}; call 
 
 
 class _Outcomes(list):
-    """(result, error) per call of a batch, and whether the batch as a whole failed."""
+    """(result, error) per call of a batch, whether the batch as a whole failed, and the
+    KeyboardInterrupt or SystemExit that stopped it (None: none did)."""
     batch_failed = False
+    interrupt = None
 
 
 def _interrupted(interrupt):

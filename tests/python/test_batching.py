@@ -484,12 +484,14 @@ class Turnstile(nn.Module):
         self.entered = [threading.Event() for _ in range(n)]
         self.release = [threading.Event() for _ in range(n)]
         self.calls = 0
+        self.threads = []  # the thread of each forward, in call order
         self.lock = threading.Lock()
         self.eval()
 
     def forward(self, *args):
         with self.lock:
             k, self.calls = self.calls, self.calls + 1
+            self.threads.append(threading.get_ident())
         if k < len(self.entered):
             self.entered[k].set()
             assert self.release[k].wait(TIMEOUT), "the test never released the call"
@@ -549,6 +551,45 @@ def test_a_blocking_call_that_times_out_while_its_batch_runs_raises_and_is_not_w
         assert_close(batched(x), cpu_result(master, x))
     stats = batched.stats()
     assert stats["cancelled"] == 0 and stats["completed"] == 3 and turnstile.calls == 3
+
+
+def test_a_blocking_call_that_lets_its_group_leave_leads_the_batch_on_its_own_thread():
+    """Note [The caller runs its own batch]: with a lane free, the blocking call that brings
+    its group to its fair share runs the batch (its own call and the one waiting) itself; the
+    waiting future gets its rows. The order is made by a turnstile model, step by step."""
+    master = nn.Linear(8, 4).eval()
+    turnstile = Turnstile(on_device(master), 3)
+    xs = [torch.randn(1, 8) for _ in range(6)]
+    with BatchedModule(turnstile, workers=2, max_batch=8, max_wait_ms=600_000) as batched:
+        k1 = batched.submit(xs[0])  # one per lane, both held
+        assert turnstile.entered[0].wait(TIMEOUT)
+        k2 = batched.submit(xs[1])
+        assert turnstile.entered[1].wait(TIMEOUT)
+        k3, k4 = batched.submit(xs[2]), batched.submit(xs[3])  # fair share 2: ready, no lane
+        turnstile.release[0].set()  # k1 done; a worker takes [k3, k4] (held as forward 2)
+        assert turnstile.entered[2].wait(TIMEOUT)
+        turnstile.release[1].set()
+        k2.result(TIMEOUT)  # answered after its lane is free: one lane free now
+        k5 = batched.submit(xs[4])  # 3 calls in flight, fair share 2: it waits
+        assert batched.stats()["pending"] == 1
+        led = {}
+
+        def caller():
+            led["result"] = batched(xs[5])
+            led["thread"] = threading.get_ident()
+
+        thread = threading.Thread(target=caller)
+        thread.start()
+        thread.join(TIMEOUT)
+        assert_close(led["result"], cpu_result(master, xs[5]))
+        assert_close(k5.result(TIMEOUT), cpu_result(master, xs[4]))
+        assert turnstile.threads[3] == led["thread"]
+        stats = batched.stats()
+        assert stats["caller_led_batches"] == 1 and stats["batch_sizes"].get(2) == 1
+        turnstile.release[2].set()
+        for x, future in zip(xs, (k1, k2, k3, k4)):
+            assert_close(future.result(TIMEOUT), cpu_result(master, x))
+    assert batched.stats()["batch_sizes"] == {1: 2, 2: 2}
 
 
 def test_an_answer_wakes_one_worker_not_all_of_them(monkeypatch):
