@@ -41,7 +41,8 @@ and a lone caller never waits. Futures (``submit``) always go through the queue.
 A blocking call that queues and so lets its group leave (Note [When a batch leaves]) while a
 lane is free leads that batch itself, the same way: it runs the batch, its own call in it, on
 its own thread, instead of waking a worker for it (``caller_led_batches``). A worker that
-finishes a batch looks for the next one itself, without waking another.
+finishes a batch wakes another for what is left before it answers its callers (their
+futures' done-callbacks may run for long).
 
 Note [When a batch leaves]
 Calls beyond that queue, grouped by shape, and free workers take them. A group leaves as soon
@@ -734,6 +735,7 @@ class BatchedModule:
         self._in_flight_total -= calls
         if self._closed and not self._in_flight_total:
             self._drained.notify_all()
+            self._cond.notify_all()  # every idle worker exits now
 
     def _take_lane_stream(self):
         """(The stream of this worker's lane, whether it is the worker thread's current stream):
@@ -782,7 +784,8 @@ class BatchedModule:
                 self._cond.release()
                 try:
                     self._run_queued(lane_for_batch, batch,
-                                     on_own_stream=lane_for_batch is lane and lane.workers_own,
+                                     on_own_stream=lane_for_batch is lane and lane.workers_own
+                                     and self._on_own_stream(),  # thread safety may be off now
                                      by_worker=True)
                 except Exception as error:  # a bug of ours: say so, and keep the worker alive
                     print(f"BatchedModule worker: {type(error).__name__}: {error}",
@@ -828,11 +831,19 @@ class BatchedModule:
                 outcomes = _Outcomes((None, error) for _ in batch)  # the lane is given back
                 outcomes.batch_failed = True
             failed = sum(error is not None for _, error in outcomes)
-            self._finish(lane, batch, failed, batch_failed=outcomes.batch_failed,
-                         wake=not by_worker)  # a worker looks for the next batch itself
+            # Wakes a worker even from a worker: its done-callbacks below may run for long.
+            self._finish(lane, batch, failed, batch_failed=outcomes.batch_failed)
+            escaped = None
             for request, (result, error) in zip(batch, outcomes):
-                request.answer(result, error)
-            return outcomes.interrupt
+                try:
+                    request.answer(result, error)
+                except BaseException as raised:  # a done-callback's SystemExit/KeyboardInterrupt
+                    escaped = escaped or raised  # the rest of the batch is still answered
+            if escaped is not None and by_worker:
+                print(f"BatchedModule worker: a done-callback raised {type(escaped).__name__}",
+                      file=sys.stderr)
+                escaped = None
+            return outcomes.interrupt or escaped
         finally:
             self._local.busy = False
 

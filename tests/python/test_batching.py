@@ -592,6 +592,88 @@ def test_a_blocking_call_that_lets_its_group_leave_leads_the_batch_on_its_own_th
     assert batched.stats()["batch_sizes"] == {1: 2, 2: 2}
 
 
+def wait_until(condition, what):
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.001)
+
+
+def test_close_wakes_a_worker_that_waited_for_a_lane_when_the_last_call_is_answered():
+    """Review finding: close() wakes the workers, which find no lane free and wait again; the
+    last answer must wake them to exit, or close() waits for them forever."""
+    master = nn.Linear(4, 3).eval()
+    turnstile = Turnstile(on_device(master), 2)
+    batched = BatchedModule(turnstile, workers=2, max_wait_ms=0)
+    callers = [threading.Thread(target=batched, args=(torch.randn(1, 4),)) for _ in range(2)]
+    for k, caller in enumerate(callers):  # each runs its own call on a lane, held
+        caller.start()
+        assert turnstile.entered[k].wait(TIMEOUT)
+    x = torch.randn(1, 4)
+    queued = batched.submit(x)  # no lane free
+    closer = threading.Thread(target=batched.close)
+    closer.start()
+    wait_until(lambda: len(batched._drained._waiters) == 1 and len(batched._cond._waiters) == 2,
+               "close() and both workers never waited")
+    turnstile.release[0].set()
+    assert_close(queued.result(TIMEOUT), cpu_result(master, x))
+    turnstile.release[1].set()
+    for caller in callers:
+        caller.join(TIMEOUT)
+    closer.join(TIMEOUT)
+    assert not closer.is_alive(), "close() hung"
+    assert not any(thread.is_alive() for thread in batched._threads)
+
+
+def test_a_slow_done_callback_does_not_hold_up_a_queued_call_while_a_lane_is_free():
+    """Review finding: the worker that frees a lane runs its futures' done-callbacks; a call
+    queued while every lane was busy must be run by another worker meanwhile."""
+    master = nn.Linear(4, 3).eval()
+    turnstile = Turnstile(on_device(master), 2)
+    with BatchedModule(turnstile, workers=2, max_wait_ms=0) as batched:
+        caller = threading.Thread(target=batched, args=(torch.randn(1, 4),))
+        caller.start()  # runs its own call on lane A, held
+        assert turnstile.entered[0].wait(TIMEOUT)
+        first = batched.submit(torch.randn(1, 4))  # a worker runs it on lane B, held
+        assert turnstile.entered[1].wait(TIMEOUT)
+        in_callback, callback_may_return = threading.Event(), threading.Event()
+        first.add_done_callback(lambda _: (in_callback.set(), callback_may_return.wait(TIMEOUT)))
+        x = torch.randn(1, 4)
+        queued = batched.submit(x)  # no lane free
+        turnstile.release[1].set()
+        assert in_callback.wait(TIMEOUT)
+        try:
+            assert_close(queued.result(TIMEOUT), cpu_result(master, x))
+        finally:
+            callback_may_return.set()
+            turnstile.release[0].set()
+            caller.join(TIMEOUT)
+
+
+def test_a_done_callback_raising_systemexit_leaves_its_batch_mates_answered_and_the_worker_alive():
+    """Review finding: Future lets a callback's BaseException through; the rest of the batch
+    is still answered and the worker lives on."""
+    master = nn.Linear(4, 3).eval()
+    turnstile = Turnstile(on_device(master), 1)
+    with BatchedModule(turnstile, workers=1, max_wait_ms=600_000) as batched:
+        blocker = batched.submit(torch.randn(1, 4))
+        assert turnstile.entered[0].wait(TIMEOUT)
+        xs = [torch.randn(1, 4) for _ in range(2)]
+        futures = [batched.submit(x) for x in xs]  # one batch once the lane frees
+
+        def leave(_):
+            raise SystemExit("a callback leaves")
+
+        futures[0].add_done_callback(leave)
+        turnstile.release[0].set()
+        blocker.result(TIMEOUT)
+        for x, future in zip(xs, futures):
+            assert_close(future.result(TIMEOUT), cpu_result(master, x))
+        x = torch.randn(1, 4)
+        assert_close(batched.submit(x).result(TIMEOUT), cpu_result(master, x))
+        assert all(thread.is_alive() for thread in batched._threads)
+
+
 def test_an_answer_wakes_one_worker_not_all_of_them(monkeypatch):
     """Note [Waking one worker]: while calls queue and answers come back, no event wakes
     every worker (only close() does)."""
