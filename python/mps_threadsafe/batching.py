@@ -38,8 +38,9 @@ would (a lane's stream would cost a stream switch and make every buffer cross st
 it off, that stream is the default one every thread shares, so it runs on the lane's. So up
 to ``workers`` concurrent callers cost what calling the model from their own threads costs,
 and a lone caller never waits. Futures (``submit``) always go through the queue.
-A blocking call that queues and so lets its group leave (Note [When a batch leaves]) while a
-lane is free leads that batch itself, the same way: it runs the batch, its own call in it, on
+A blocking call that queues and so lets its group leave (Note [When a batch leaves]; the
+oldest group that may) while a lane is free leads that batch itself, the same way (but on the
+main thread, where a Ctrl-C would fail its batch-mates too): it runs the batch, its own call in it, on
 its own thread, instead of waking a worker for it (``caller_led_batches``). A worker that
 finishes a batch wakes another for what is left before it answers its callers (their
 futures' done-callbacks may run for long).
@@ -428,6 +429,8 @@ class BatchedModule:
         self._counts = dict.fromkeys(_COUNTS, 0)  # a plain dict: the hot path counts cheaply
         self._batch_sizes = collections.Counter()
         self._is_threadsafe = getattr(self._device_module, "is_threadsafe", None)
+        # Never leads a batch: a Ctrl-C there would fail its batch-mates' calls too.
+        self._main_thread = threading.main_thread()
         self._autocast_types = ("cpu",) if self.device.type == "cpu" else ("cpu", self.device.type)
         self._max_lanes_busy = 0
         self._waits = collections.deque(maxlen=STATS_WINDOW)
@@ -460,8 +463,8 @@ class BatchedModule:
                 timeout, (int, float)) or not timeout >= 0):
             raise ValueError(f"BatchedModule: timeout must be a number of seconds >= 0 or None, "
                              f"got {timeout!r}")
-        if timeout == float("inf"):
-            timeout = None  # Future.result cannot wait an infinite time, only without a timeout
+        if timeout is not None and timeout > threading.TIMEOUT_MAX:
+            timeout = None  # a lock cannot wait longer (OverflowError), nor an infinite time
         if getattr(self._local, "busy", False):
             raise RuntimeError("BatchedModule: a blocking call from inside its own batch (the "
                                "model, or a future's done-callback) would wait for the lane it "
@@ -579,7 +582,8 @@ class BatchedModule:
             self._pending_rows[key] += rows
             self._pending_count += 1
             if (blocking and self._free_lanes and self._pending_rows[key] <= self.max_batch
-                    and self._may_leave(key, request.accepted)[0]):
+                    and threading.current_thread() is not self._main_thread
+                    and self._choose_group()[0] == key):
                 request.batch = self._take_batch(key)  # its own call included: the newest
                 request.lane = self._claim_lane()
                 counts["caller_led_batches"] += 1
@@ -832,13 +836,22 @@ class BatchedModule:
                 outcomes.batch_failed = True
             failed = sum(error is not None for _, error in outcomes)
             # Wakes a worker even from a worker: its done-callbacks below may run for long.
-            self._finish(lane, batch, failed, batch_failed=outcomes.batch_failed)
+            self._finish(lane, batch, failed, batch_failed=outcomes.batch_failed,
+                         answered=False)
             escaped = None
-            for request, (result, error) in zip(batch, outcomes):
-                try:
-                    request.answer(result, error)
-                except BaseException as raised:  # a done-callback's SystemExit/KeyboardInterrupt
-                    escaped = escaped or raised  # the rest of the batch is still answered
+            try:
+                for request, (result, error) in zip(batch, outcomes):
+                    try:
+                        request.answer(result, error)
+                    except BaseException as raised:  # a done-callback's SystemExit, Ctrl-C
+                        escaped = escaped or raised  # the rest of the batch is still answered
+            finally:
+                # In flight until answered: close() returns only once every answer is out,
+                # whichever thread (a worker or a leading caller) delivers it.
+                with self._lock:
+                    for request in batch:
+                        self._answered(request.key)
+                    self._wake_a_worker()
             if escaped is not None and by_worker:
                 print(f"BatchedModule worker: a done-callback raised {type(escaped).__name__}",
                       file=sys.stderr)
@@ -935,8 +948,9 @@ class BatchedModule:
             return _tree_map(lambda t: t[rows], output)
         return _tree_map(lambda t: then(t[rows]), output)
 
-    def _finish(self, lane, batch, failed, batch_failed=None, wake=True):
-        """Under the lock: the batch's lane is free again and its calls are answered."""
+    def _finish(self, lane, batch, failed, batch_failed=None, answered=True):
+        """Under the lock: the batch's lane is free again, and its calls are counted as
+        answered (`answered`), or will be once their answers are delivered."""
         done = time.perf_counter()
         with self._lock:
             self._release_lane(lane)
@@ -952,9 +966,9 @@ class BatchedModule:
             for request in batch:
                 self._waits.append(request.started - request.accepted)
                 self._latencies.append(done - request.accepted)
-                self._answered(request.key)
-            if wake:
-                self._wake_a_worker()
+                if answered:
+                    self._answered(request.key)
+            self._wake_a_worker()
 
     # ---- counters ------------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ import copy
 import pathlib
 import threading
 import time
-import types
 
 import pytest
 import torch
@@ -533,8 +532,13 @@ def test_a_blocking_call_that_times_out_while_its_batch_runs_raises_and_is_not_w
             except concurrent.futures.TimeoutError as error:
                 outcome["error"] = error
 
-        monkeypatch.setattr(batching, "threading", types.SimpleNamespace(
-            Lock=TimesOutOnceItsBatchRuns))
+        class ThreadingWithTheFakeLock:  # the rest of threading as it is
+            Lock = TimesOutOnceItsBatchRuns
+
+            def __getattr__(self, name):
+                return getattr(threading, name)
+
+        monkeypatch.setattr(batching, "threading", ThreadingWithTheFakeLock())
         thread = threading.Thread(target=caller)
         thread.start()
         deadline = time.monotonic() + TIMEOUT
@@ -572,6 +576,10 @@ def test_a_blocking_call_that_lets_its_group_leave_leads_the_batch_on_its_own_th
         k2.result(TIMEOUT)  # answered after its lane is free: one lane free now
         k5 = batched.submit(xs[4])  # 3 calls in flight, fair share 2: it waits
         assert batched.stats()["pending"] == 1
+        # While the leader delivers k5's answer, k5 and the leader's own call are still in
+        # flight (with k3, k4): close() cannot return before every answer is out.
+        in_flight_seen = []
+        k5.add_done_callback(lambda _: in_flight_seen.append(batched._in_flight_total))
         led = {}
 
         def caller():
@@ -584,6 +592,7 @@ def test_a_blocking_call_that_lets_its_group_leave_leads_the_batch_on_its_own_th
         assert_close(led["result"], cpu_result(master, xs[5]))
         assert_close(k5.result(TIMEOUT), cpu_result(master, xs[4]))
         assert turnstile.threads[3] == led["thread"]
+        assert in_flight_seen == [4]
         stats = batched.stats()
         assert stats["caller_led_batches"] == 1 and stats["batch_sizes"].get(2) == 1
         turnstile.release[2].set()
@@ -1183,7 +1192,8 @@ def test_a_future_the_caller_set_itself_does_not_stop_the_batcher():
         assert meddled.result(0) == "mine"
 
 
-def test_an_infinite_timeout_means_no_timeout():
+@pytest.mark.parametrize("timeout", [float("inf"), 1e10])  # 1e10 s: past threading.TIMEOUT_MAX
+def test_an_infinite_or_huge_timeout_means_no_timeout(timeout):
     master = nn.Linear(4, 2).eval()
     gate = Gate(on_device(master))
     with BatchedModule(gate, workers=1) as batched:
@@ -1191,7 +1201,7 @@ def test_an_infinite_timeout_means_no_timeout():
         assert gate.entered.wait(TIMEOUT)
         x = torch.randn(1, 4)
         queued = concurrent.futures.ThreadPoolExecutor(1).submit(
-            batched, x, timeout=float("inf"))
+            batched, x, timeout=timeout)
         while batched.stats()["pending"] == 0:
             time.sleep(0.001)
         gate.opened.set()
