@@ -480,7 +480,7 @@ class BatchedModule:
         if not request.answered.acquire(timeout=-1 if timeout is None else timeout):
             with self._cond:
                 if request.started is None:
-                    request.withdrawn = True  # dropped when its group leaves
+                    self._withdraw(request)
             if not request.answered.acquire(blocking=False):  # not answered meanwhile
                 raise concurrent.futures.TimeoutError(
                     f"BatchedModule: no result within {timeout} s"
@@ -699,9 +699,25 @@ class BatchedModule:
         return (self.max_wait_s == 0 or self._closed or isinstance(key, _Alone)
                 or self._pending_rows[key] >= fair_share or left <= 0), left
 
+    def _withdraw(self, request):
+        """Under the lock: a blocking call that timed out before a batch took it leaves its
+        queue now, so that it no longer counts as pending nor towards its group's fair share."""
+        request.withdrawn = True
+        key = request.key
+        queue = self._pending[key]
+        queue.remove(request)
+        self._pending_count -= 1
+        self._pending_rows[key] -= request.rows
+        if not queue:
+            del self._pending[key]
+            del self._pending_rows[key]
+        self._counts["cancelled"] += 1
+        self._answered(key)
+        self._wake_a_worker()  # a smaller fair share may let its group leave
+
     def _take_batch(self, key):
         """Up to max_batch samples of the group's calls, oldest first (under the lock);
-        withdrawn (cancelled) calls are dropped. May be empty."""
+        cancelled futures are dropped. May be empty."""
         queue = self._pending[key]
         batch, rows = [], 0
         now = time.perf_counter()
@@ -710,7 +726,7 @@ class BatchedModule:
             self._pending_count -= 1
             self._pending_rows[key] -= request.rows
             if request.future is None:
-                running = not request.withdrawn
+                running = True  # a withdrawn blocking call left its queue (_withdraw)
             else:
                 try:
                     running = request.future.set_running_or_notify_cancel()

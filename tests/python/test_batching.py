@@ -465,6 +465,8 @@ def test_a_call_that_times_out_is_withdrawn_and_never_runs():
         assert gate.entered.wait(TIMEOUT)
         with pytest.raises(concurrent.futures.TimeoutError):
             batched(torch.randn(1, 8), timeout=0.05)
+        stats = batched.stats()  # withdrawn at once, the batch still held
+        assert stats["pending"] == 0 and stats["cancelled"] == 1 and stats["lanes_busy"] == 1
         gate.opened.set()
         held.result(TIMEOUT)
         x = torch.randn(1, 8)
