@@ -248,8 +248,9 @@ def build_parser():
                        help="measured seconds per cell, after the warm-up (default 3, --quick 0.5)")
     serve.add_argument("--workers", type=int_up_to(SERVE_MAX_WORKERS,
                                                    "each lane is a worker thread and a stream"),
-                       default=4, metavar="K",
-                       help="the batcher's lanes, BatchedModule(workers=K) (default 4)")
+                       default=8, metavar="K",
+                       help="the batcher's lanes, BatchedModule(workers=K) (default 8: better "
+                            "than 16 on 16 cores from 16 clients up, docs/benchmarks.md)")
     serve.add_argument("--max-batch", type=positive_int, default=8, metavar="M",
                        help="BatchedModule(max_batch=M) of both batching setups (default 8)")
     serve.add_argument("--max-wait-ms", type=milliseconds, default=1.0, metavar="MS",

@@ -110,7 +110,7 @@ def test_tiny_run_on_mps_sim(tmp_path):
     assert data["suite"] == "serve-bench" and data["device"] == "mps_sim" and data["quick"]
     assert data["setups"] == ["threads", "batching", "batcher"]
     assert data["clients"] == [1, 2] and data["seconds"] == 0.2
-    assert (data["workers"], data["max_batch"], data["max_wait_ms"]) == (4, 8, 1.0)
+    assert (data["workers"], data["max_batch"], data["max_wait_ms"]) == (8, 8, 1.0)
     for key in ("torch", "python", "machine", "cores", "commit", "time_utc", "argv"):
         assert key in data
     cells = data["results"]
@@ -128,7 +128,7 @@ def test_tiny_run_on_mps_sim(tmp_path):
             assert stats is None
             assert len(c["streams_used"]) == c["clients"]  # each thread its own stream
         else:
-            assert stats["workers"] == (1 if c["setup"] == "batching" else 4)
+            assert stats["workers"] == (1 if c["setup"] == "batching" else 8)
             # The measured batcher's counters hold the measured calls only (the warm-up ran
             # through another one).
             assert stats["completed"] == c["completed"] and stats["failed"] == 0
