@@ -702,7 +702,6 @@ class BatchedModule:
     def _withdraw(self, request):
         """Under the lock: a blocking call that timed out before a batch took it leaves its
         queue now, so that it no longer counts as pending nor towards its group's fair share."""
-        request.withdrawn = True
         key = request.key
         queue = self._pending[key]
         queue.remove(request)
@@ -711,8 +710,19 @@ class BatchedModule:
         if not queue:
             del self._pending[key]
             del self._pending_rows[key]
+        request.withdrawn = True
         self._counts["cancelled"] += 1
-        self._answered(key)
+        # _answered's bookkeeping inline: no Python call (where a Ctrl-C is delivered) between
+        # leaving the queue and leaving the in-flight count, or close() would wait forever.
+        left = self._in_flight[key] - 1
+        if left:
+            self._in_flight[key] = left
+        else:
+            del self._in_flight[key]
+        self._in_flight_total -= 1
+        if self._closed and not self._in_flight_total:
+            self._drained.notify_all()
+            self._cond.notify_all()
         self._wake_a_worker()  # a smaller fair share may let its group leave
 
     def _take_batch(self, key):
