@@ -25,6 +25,7 @@ STATS_ITERATIONS_WHY = "stats runs a short workload; use stress for long runs"
 # a typo (--clients 100000) from starting threads by the hundred thousand.
 SERVE_MAX_CLIENTS = 1024
 SERVE_MAX_WORKERS = 256
+SERVE_MAX_REPEATS = 100
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -251,6 +252,12 @@ def build_parser():
                        default=8, metavar="K",
                        help="the batcher's lanes, BatchedModule(workers=K) (default 8: better "
                             "than 16 on 16 cores from 16 clients up, docs/benchmarks.md)")
+    serve.add_argument("--repeats", type=int_up_to(SERVE_MAX_REPEATS, "each round is a "
+                                                   "subprocess per setup"),
+                       default=1, metavar="R",
+                       help="rounds per (model, clients), each the three setups back to back in "
+                            "a rotated order; medians shown, the goal ratio is the median of "
+                            "the rounds' ratios (default 1; Note [Repeated, interleaved cells])")
     serve.add_argument("--max-batch", type=positive_int, default=8, metavar="M",
                        help="BatchedModule(max_batch=M) of both batching setups (default 8)")
     serve.add_argument("--max-wait-ms", type=milliseconds, default=1.0, metavar="MS",

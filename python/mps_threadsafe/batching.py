@@ -63,8 +63,9 @@ woken for nothing costs a thread switch and the GIL, which every caller needs, s
 all on every answer (as a notify_all would) taxes each call once per worker. A blocking call
 waits on a lock of its own, released when its answer is set; a ``Future`` (``submit``) costs a
 condition variable per call and is made only for the callers who asked for one. A blocking
-call that times out before its batch starts is withdrawn (``cancelled``); one that times out
-while its batch runs raises TimeoutError, and its result is dropped.
+call that times out (or is interrupted: Ctrl-C) before its batch starts is withdrawn
+(``cancelled``) and never runs; one that times out while its batch runs raises TimeoutError,
+and its result is dropped.
 
 Note [A failed batch is retried one call at a time]
 When a batch of several calls fails (the model raises, or a kernel fails on the GPU: Metal
@@ -477,7 +478,14 @@ class BatchedModule:
                                          on_own_stream=self._on_own_stream())
             if interrupt is not None:  # this thread's to raise; its batch-mates get an error
                 raise interrupt
-        if not request.answered.acquire(timeout=-1 if timeout is None else timeout):
+        try:
+            answered = request.answered.acquire(timeout=-1 if timeout is None else timeout)
+        except BaseException:  # a Ctrl-C while waiting: a call no batch took yet never runs
+            with self._cond:
+                if request.started is None and not request.withdrawn:
+                    self._withdraw(request)
+            raise
+        if not answered:
             with self._cond:
                 if request.started is None:
                     self._withdraw(request)

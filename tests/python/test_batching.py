@@ -475,6 +475,48 @@ def test_a_call_that_times_out_is_withdrawn_and_never_runs():
     assert stats["cancelled"] == 1 and gate.calls == 2
 
 
+def test_a_blocking_call_interrupted_while_queued_is_withdrawn_and_never_runs(monkeypatch):
+    """A Ctrl-C (KeyboardInterrupt) in a queued call's wait withdraws the call, as a timeout
+    does: it never runs, and close() does not wait for it. The interrupt comes from a fake
+    answer lock whose wait raises, so where it lands is certain."""
+    master = nn.Linear(8, 4).eval()
+    gate = Gate(on_device(master))
+    real_lock = threading.Lock
+
+    class InterruptedInItsWait:
+        def __init__(self):
+            self.lock, self.acquires = real_lock(), 0
+
+        def acquire(self, blocking=True, timeout=-1):
+            self.acquires += 1
+            if self.acquires == 2:  # the first is _accept's own; the second the caller's wait
+                raise KeyboardInterrupt
+            return self.lock.acquire(blocking, timeout)
+
+        def release(self):
+            self.lock.release()
+
+    class ThreadingWithTheFakeLock:  # the rest of threading as it is
+        Lock = InterruptedInItsWait
+
+        def __getattr__(self, name):
+            return getattr(threading, name)
+
+    with BatchedModule(gate, workers=1) as batched:
+        held = batched.submit(torch.randn(1, 8))  # holds the one lane: the next call queues
+        assert gate.entered.wait(TIMEOUT)
+        monkeypatch.setattr(batching, "threading", ThreadingWithTheFakeLock())
+        with pytest.raises(KeyboardInterrupt):
+            batched(torch.randn(1, 8))
+        monkeypatch.undo()
+        stats = batched.stats()
+        assert stats["pending"] == 0 and stats["cancelled"] == 1 and stats["lanes_busy"] == 1
+        gate.opened.set()
+        held.result(TIMEOUT)
+    stats = batched.stats()  # closed: close() returned, not waiting for the withdrawn call
+    assert stats["cancelled"] == 1 and stats["completed"] == 1 and gate.calls == 1
+
+
 class Turnstile(nn.Module):
     """Wraps a model: its k-th forward (k < n) announces itself (entered[k]) and waits for
     release[k]."""

@@ -41,6 +41,8 @@ BAD_ARGUMENTS = [
     (["--workers", "0"], "must be 1 or more"),
     (["--workers", "2.5"], "'2.5' is not a whole number"),
     (["--workers", "100000"], "at most 256"),
+    (["--repeats", "0"], "must be 1 or more"),
+    (["--repeats", "101"], "at most 100 (each round is a subprocess per setup)"),
     (["--max-batch", "0"], "must be 1 or more"),
     (["--max-batch", "x"], "'x' is not a whole number"),
     (["--max-wait-ms", "-1"], "give a number of milliseconds >= 0"),
@@ -250,3 +252,54 @@ def test_crash_and_hang_are_failed_cells_with_no_measurement():
     verdict = serve.model_verdict(cells, [1])
     assert verdict["throughput_vs_best_other"]["ratios"] == {"1": None}
     assert verdict["passed"] is False
+
+
+def test_repeats_interleave_the_setups_and_the_ratio_is_the_median_of_the_rounds(tmp_path,
+                                                                                   capsys):
+    """Note [Repeated, interleaved cells]: each round runs the three setups back to back in a
+    rotated order; a round's ratio compares its own cells; the verdict takes their median, so
+    one slow round of the batcher does not decide the goal."""
+    order = []
+    batcher_by_round = {0: 120.0, 1: 80.0, 2: 110.0}  # round 2 (index 1) is a slow one
+    seen = {}
+
+    def run_fake(spec, timeout, entry):
+        key = (spec["clients"], spec["setup"])
+        r = seen[key] = seen.get(key, -1) + 1
+        order.append((spec["clients"], r, spec["setup"]))
+        rate = batcher_by_round[r] if spec["setup"] == "batcher" else 100.0 + r
+        return fake_cell(spec, rate, p99=3.0)
+
+    args = parse("--models", "linear", "--clients", "1", "--repeats", "3",
+                 "--json", str(tmp_path / "r.json"))
+    assert serve.main(args, run_round=run_fake) == 0
+    assert order == [(1, 0, "threads"), (1, 0, "batching"), (1, 0, "batcher"),
+                     (1, 1, "batching"), (1, 1, "batcher"), (1, 1, "threads"),
+                     (1, 2, "batcher"), (1, 2, "threads"), (1, 2, "batching")]
+    data = json.loads((tmp_path / "r.json").read_text())
+    throughput = data["verdict"]["by_model"]["linear"]["throughput_vs_best_other"]
+    assert throughput["ratios_by_round"]["1"] == pytest.approx([1.2, 80 / 101, 110 / 102])
+    assert throughput["ratios"]["1"] == pytest.approx(110 / 102) and throughput["passed"]
+    assert data["verdict"]["cells"] == 9 and len(data["results"]) == 9
+    batcher = next(c for c in data["summary"] if c["setup"] == "batcher")
+    assert batcher["samples_per_s"] == 110.0 and batcher["rounds"] == 3
+    assert batcher["samples_per_s_by_round"] == [120.0, 80.0, 110.0]
+    out = capsys.readouterr().out
+    assert "3 interleaved rounds per cell" in out and "By round" in out
+    assert "1.08 (0.792-1.2)" in out or "1.08 (0.79-1.2)" in out, out
+
+
+def test_a_failed_round_fails_its_cell_and_the_ratio(capsys):
+    def run_fake(spec, timeout, entry):
+        cell = fake_cell(spec, 150.0 if spec["setup"] == "batcher" else 100.0, p99=3.0)
+        if spec["setup"] == "threads" and run_fake.threads_seen:
+            cell = {"outcome": "crash", "detail": "killed by SIGSEGV"}
+        run_fake.threads_seen += spec["setup"] == "threads"
+        return cell
+    run_fake.threads_seen = 0
+
+    args = parse("--models", "linear", "--clients", "1", "--repeats", "2")
+    assert serve.main(args, run_round=run_fake) == 1
+    out = capsys.readouterr().out
+    assert "threads x1 round 2: crash: killed by SIGSEGV" in out
+    assert "5 of 6 ran ok and correct" in out and "1: -" in out, out

@@ -25,7 +25,19 @@ check). Definitions:
   error, crash or hang does;
 - mean batch size, max lanes busy, queue wait p99: BatchedModule.stats() of the measured
   batcher (docs/stats.md).
+
+Note [Repeated, interleaved cells]
+One cell per setup compares runs made seconds apart, and a machine's speed drifts by more than
+the few percent the goal turns on (two runs of one cell differed by 10-20% on the 16-core
+machine). With `--repeats R`, each (model, clients) runs R rounds back to back, each round the
+three setups in a rotated order (round r starts with setup r mod 3), so that no setup always
+runs first or last. A round's ratio (batcher / the better other) compares cells run within
+seconds of each other; the verdict's ratio is the median of the rounds' ratios, and the table
+also shows their range. A setup's samples/s and p50/p99 are the medians over its rounds; the
+setup passes only if every round did.
 """
+
+import statistics
 
 import json
 import os
@@ -53,6 +65,12 @@ def seconds_for(args):
     return args.seconds if args.seconds is not None else (0.5 if args.quick else 3.0)
 
 
+def round_order(r):
+    """The setups in round r's order (Note [Repeated, interleaved cells])."""
+    k = r % len(SETUPS)
+    return SETUPS[k:] + SETUPS[:k]
+
+
 def clients_for(args):
     # 1 is always run: the latency check's base.
     return sorted(set(args.clients or (QUICK_CLIENTS if args.quick else CLIENTS)) | {1})
@@ -72,49 +90,59 @@ def main(args, run_round=rounds.run_round):
     seconds = seconds_for(args)
     clients = clients_for(args)
     models = args.models or list(DEFAULT_MODELS)
+    repeats = getattr(args, "repeats", 1)
     settings = {"seconds": seconds, "clients": clients, "models": models,
                 "workers": args.workers, "max_batch": args.max_batch,
-                "max_wait_ms": args.max_wait_ms, "warmup_calls": WARMUP_CALLS}
-    specs = [(model, n, setup) for model in models for n in clients for setup in SETUPS]
+                "max_wait_ms": args.max_wait_ms, "warmup_calls": WARMUP_CALLS,
+                "repeats": repeats}
+    specs = [(model, n, r, setup) for model in models for n in clients for r in range(repeats)
+             for setup in round_order(r)]
     progress = report.Progress("serve-bench", len(specs))
-    cells = []
-    for model, n, setup in specs:
+    runs = []  # every cell of every round
+    for model, n, r, setup in specs:
         spec = {"device": args.device, "model": model, "setup": setup, "clients": n,
                 "seconds": seconds, "quick": args.quick, "max_batch": args.max_batch,
                 "workers": 1 if setup == "batching" else args.workers,
                 "max_wait_ms": args.max_wait_ms, "warmup": WARMUP_CALLS}
-        r = run_round(spec, cell_timeout(seconds, n), entry=ENTRY)
-        r.update(model=model, setup=setup, clients=n)
-        classify(r)
-        cells.append(r)
-        rate = report.measured(r, "samples_per_s")
-        progress.step(f"{model} {setup} x{n}: {r['status']}"
-                      + (f" {rate:.0f} samples/s" if rate else ""))
+        cell = run_round(spec, cell_timeout(seconds, n), entry=ENTRY)
+        cell.update(model=model, setup=setup, clients=n, round=r)
+        classify(cell)
+        runs.append(cell)
+        rate = report.measured(cell, "samples_per_s")
+        progress.step(f"{model} {setup} x{n}" + (f" round {r + 1}" if repeats > 1 else "")
+                      + f": {cell['status']}" + (f" {rate:.0f} samples/s" if rate else ""))
+    cells = [summarize([c for c in runs if (c["model"], c["clients"], c["setup"]) == key])
+             for key in dict.fromkeys((c["model"], c["clients"], c["setup"]) for c in runs)]
 
     print(f"## serve-bench: {report.title_suffix(meta)} ({seconds:g} s per cell, one shared "
           f"model instance; BatchedModule max_batch={args.max_batch}, "
           f"max_wait_ms={args.max_wait_ms:g}; batcher workers={args.workers}, one-thread "
-          f"batching workers=1)")
+          f"batching workers=1"
+          + (f"; {repeats} interleaved rounds per cell, medians shown" if repeats > 1 else "")
+          + ")")
     by_model = {}
     for model in models:
-        mine = [c for c in cells if c["model"] == model]
+        mine = [c for c in runs if c["model"] == model]
         by_model[model] = model_verdict(mine, clients)
-        print_model(model, mine, clients, by_model[model])
+        print_model(model, [c for c in cells if c["model"] == model], mine, clients,
+                    by_model[model])
 
-    failed = [c for c in cells if not c["passed"]]
+    failed = [c for c in runs if not c["passed"]]
     goal = all(v["passed"] for v in by_model.values())
     verdict = {"passed": not failed and (goal or not args.require_goal),
-               "cells": len(cells), "cells_failed": len(failed),
-               "failed_cells": [f"{c['model']} {c['setup']} x{c['clients']}: {c['status']}"
-                                for c in failed],
+               "cells": len(runs), "cells_failed": len(failed),
+               "failed_cells": [f"{c['model']} {c['setup']} x{c['clients']}"
+                                + (f" round {c['round'] + 1}" if repeats > 1 else "")
+                                + f": {c['status']}" for c in failed],
                "goal_passed": goal, "goal_required": bool(args.require_goal),
                "by_model": by_model}
-    print(f"\n**cells**: {len(cells) - len(failed)} of {len(cells)} ran ok and correct"
+    print(f"\n**cells**: {len(runs) - len(failed)} of {len(runs)} ran ok and correct"
           + (": failed " + "; ".join(verdict["failed_cells"]) if failed else ""))
     print("**goal** (both checks, every model): " + ("met" if goal else "NOT met")
           + ("" if args.require_goal else " (reported, not required: --require-goal requires it)"))
     report.write_json(args.json, {"suite": "serve-bench", **meta, **settings,
-                                  "setups": list(SETUPS), "verdict": verdict, "results": cells})
+                                  "setups": list(SETUPS), "verdict": verdict, "results": runs,
+                                  "summary": cells})
     if args.plot:
         from . import plot
         plot.plot_serve(args.plot, cells, meta, settings)
@@ -141,8 +169,47 @@ def classify(cell):
     return cell
 
 
-def _find(cells, setup, n):
-    return next((c for c in cells if c["setup"] == setup and c["clients"] == n), {})
+def summarize(rounds_of_one):
+    """The (model, setup, clients) cell over its rounds (Note [Repeated, interleaved cells]):
+    medians of samples/s, p50 and p99; errors and wrong results summed; the status of its
+    first failed round, if any (then no measurement). One round: that cell as it is."""
+    if len(rounds_of_one) == 1:
+        return rounds_of_one[0]
+    failed = [c for c in rounds_of_one if not c["passed"]]
+    if failed:
+        cell = dict(failed[0])
+        for key in ("samples_per_s", "p50_ms", "p99_ms"):
+            cell[key] = None
+    else:
+        by_rate = sorted(rounds_of_one, key=lambda c: c["samples_per_s"])
+        cell = dict(by_rate[(len(by_rate) - 1) // 2])  # its batch stats: the median round's
+        for key in ("samples_per_s", "p50_ms", "p99_ms"):
+            cell[key] = statistics.median(c[key] for c in rounds_of_one)
+    for key in ("completed", "checked", "wrong", "error_count"):
+        cell[key] = sum(c.get(key) or 0 for c in rounds_of_one)
+    diffs = [c["max_abs_diff"] for c in rounds_of_one if c.get("max_abs_diff") is not None]
+    cell["max_abs_diff"] = max(diffs) if diffs else None
+    cell["rounds"] = len(rounds_of_one)
+    cell["samples_per_s_by_round"] = [report.measured(c, "samples_per_s")
+                                      for c in sorted(rounds_of_one, key=lambda c: c["round"])]
+    cell.pop("round", None)
+    return cell
+
+
+def _find(cells, setup, n, r=None):
+    return next((c for c in cells if c["setup"] == setup and c["clients"] == n
+                 and (r is None or c.get("round", 0) == r)), {})
+
+
+def _rounds(cells, n):
+    return sorted({c.get("round", 0) for c in cells if c["clients"] == n})
+
+
+def _round_ratio(cells, n, r):
+    """batcher / the better of the other two in round r, or None if one of them failed."""
+    batcher = _rate(_find(cells, "batcher", n, r))
+    others = [_rate(_find(cells, s, n, r)) for s in ("threads", "batching")]
+    return batcher / max(others) if batcher and all(others) else None
 
 
 def _rate(cell):
@@ -150,18 +217,26 @@ def _rate(cell):
 
 
 def model_verdict(cells, clients):
-    """The two goal checks for one model (the JSON's verdict.by_model[model])."""
-    ratios = {}
+    """The two goal checks for one model (the JSON's verdict.by_model[model]) from its cells of
+    every round: a ratio is the median of its rounds' ratios, None if any round failed."""
+    ratios, by_round = {}, {}
     for n in clients:
-        batcher = _rate(_find(cells, "batcher", n))
-        others = [_rate(_find(cells, s, n)) for s in ("threads", "batching")]
-        ratios[str(n)] = (batcher / max(others) if batcher and all(others) else None)
+        each = [_round_ratio(cells, n, r) for r in _rounds(cells, n)]
+        by_round[str(n)] = each
+        ratios[str(n)] = (statistics.median(each) if each and None not in each else None)
     throughput = {"passed": all(r is not None and r >= THROUGHPUT_RATIO_REQUIRED
                                 for r in ratios.values()),
-                  "ratios": ratios, "required": THROUGHPUT_RATIO_REQUIRED}
-    b, t = _find(cells, "batcher", 1), _find(cells, "threads", 1)
-    b99 = report.measured(b, "p99_ms") if b.get("passed") else None
-    t99 = report.measured(t, "p99_ms") if t.get("passed") else None
+                  "ratios": ratios, "ratios_by_round": by_round,
+                  "required": THROUGHPUT_RATIO_REQUIRED}
+
+    def p99(setup):  # the median over rounds; None if a round failed
+        mine = [c for c in cells if c["setup"] == setup and c["clients"] == 1]
+        if not mine or not all(c.get("passed") for c in mine):
+            return None
+        values = [report.measured(c, "p99_ms") for c in mine]
+        return statistics.median(values) if None not in values else None
+
+    b99, t99 = p99("batcher"), p99("threads")
     factor = b99 / t99 if b99 is not None and t99 else None
     latency = {"passed": factor is not None and factor <= P99_FACTOR_ALLOWED,
                "batcher_p99_ms": b99, "threads_p99_ms": t99, "factor": factor,
@@ -177,13 +252,23 @@ def _pair(cell):
     return f"{report.cell(p50)} / {report.cell(p99)}"
 
 
-def print_model(model, cells, clients, verdict):
+def _ratio_text(ratio, each):
+    """The median ratio, and the range of the rounds' ratios when there are several."""
+    if len(each) < 2 or ratio is None:
+        return ratio
+    return f"{report.cell(ratio)} ({report.cell(min(each))}-{report.cell(max(each))})"
+
+
+def print_model(model, cells, runs, clients, verdict):
+    """`cells`: one per (setup, clients), over its rounds; `runs`: every round's cells."""
     print(f"\n### {model}\n")
+    throughput = verdict["throughput_vs_best_other"]
     rows = []
     for n in clients:
         row = [n]
         row += [_rate(_find(cells, s, n)) for s in SETUPS]
-        row.append(verdict["throughput_vs_best_other"]["ratios"][str(n)])
+        row.append(_ratio_text(throughput["ratios"][str(n)],
+                               throughput.get("ratios_by_round", {}).get(str(n), [])))
         row += [_pair(_find(cells, s, n)) for s in SETUPS]
         bad = [f"{s} {_find(cells, s, n).get('status', 'not run')}" for s in SETUPS
                if not _find(cells, s, n).get("passed")]
@@ -205,12 +290,21 @@ def print_model(model, cells, clients, verdict):
           (c.get("batcher_stats") or {}).get("max_lanes_busy"),
           (c.get("batcher_stats") or {}).get("queue_wait_p99_ms")]
          for n in clients for c in (_find(cells, s, n) for s in SETUPS) if c]))
-    for c in cells:
+    if any(c.get("round", 0) for c in runs):
+        print(f"\nBy round (each round's setups in the order shown, run back to back):\n")
+        print(report.table(
+            ["clients", "round", "order", "threads samples/s", "batching samples/s",
+             "batcher samples/s", "batcher / best other"],
+            [[n, r + 1, ", ".join(round_order(r))]
+             + [_rate(_find(runs, s, n, r)) for s in SETUPS] + [_round_ratio(runs, n, r)]
+             for n in clients for r in _rounds(runs, n)]))
+    for c in runs:
         if not c["passed"] and (c.get("detail") or c.get("errors")):
             why = c.get("detail") or c["errors"][0]
-            print(f"\n{c['setup']} x{c['clients']}: {c['status']}: {why}")
+            where = f" round {c['round'] + 1}" if len(_rounds(runs, c["clients"])) > 1 else ""
+            print(f"\n{c['setup']} x{c['clients']}{where}: {c['status']}: {why}")
 
-    throughput, latency = verdict["throughput_vs_best_other"], verdict["p99_at_1_client"]
+    latency = verdict["p99_at_1_client"]
     ratios = ", ".join(f"{n}: {report.cell(r)}" for n, r in throughput["ratios"].items())
     print(f"\n**verdict ({model})**\n")
     print(f"- batcher >= the better of threads alone and one-thread batching at every client "
