@@ -257,7 +257,8 @@ def build_parser():
                        default=1, metavar="R",
                        help="rounds per (model, clients), each the three setups back to back in "
                             "a rotated order; medians shown, the goal ratio is the median of "
-                            "the rounds' ratios (default 1; Note [Repeated, interleaved cells])")
+                            "the rounds' ratios (default 1; a multiple of 3 puts each setup in each place "
+                            "equally often; Note [Repeated, interleaved cells])")
     serve.add_argument("--max-batch", type=positive_int, default=8, metavar="M",
                        help="BatchedModule(max_batch=M) of both batching setups (default 8)")
     serve.add_argument("--max-wait-ms", type=milliseconds, default=1.0, metavar="MS",
@@ -304,6 +305,9 @@ def main(argv=None):
     if argv[:1] == ["_serve_round"]:
         from .suites import serve
         return serve.child_main(argv[1])
+    if argv[:1] == ["_fork_server"]:
+        from .suites import forks
+        return forks.server_main()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:

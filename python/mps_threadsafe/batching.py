@@ -63,9 +63,23 @@ woken for nothing costs a thread switch and the GIL, which every caller needs, s
 all on every answer (as a notify_all would) taxes each call once per worker. A blocking call
 waits on a lock of its own, released when its answer is set; a ``Future`` (``submit``) costs a
 condition variable per call and is made only for the callers who asked for one. A blocking
-call that times out (or is interrupted: Ctrl-C) before its batch starts is withdrawn
+call that times out (or is interrupted: Note [Ctrl-C]) before its batch starts is withdrawn
 (``cancelled``) and never runs; one that times out while its batch runs raises TimeoutError,
 and its result is dropped.
+
+Note [Ctrl-C]
+Python raises KeyboardInterrupt in the main thread between any two bytecodes that call or
+return, so a Ctrl-C can land inside the batcher's own bookkeeping. Where the main thread waits
+(a blocking call's answer), an interrupt withdraws the call if no batch took it yet: the
+handler only sets `withdrawn` under the bare Lock (no call inside, so a second Ctrl-C cannot
+stop it halfway) and the next _take_batch drops the call, counted as cancelled. The main thread
+never leads a batch for others (Note [The caller runs its own batch]), and what it builds for a
+call (its answer lock or future) is made before the lock is taken. What is left: a Ctrl-C in
+the few bytecodes of _accept's locked section, or between _accept and the wait, can still
+leave a call to run with nobody to answer (harmless: it is computed and dropped) or, inside
+the section, the counts of one call half-updated (close() would then wait for it). Fully
+interrupt-proof bookkeeping would need the handler itself deferred, which Python offers only
+process-wide (signal.signal).
 
 Note [A failed batch is retried one call at a time]
 When a batch of several calls fails (the model raises, or a kernel fails on the GPU: Metal
@@ -481,9 +495,11 @@ class BatchedModule:
         try:
             answered = request.answered.acquire(timeout=-1 if timeout is None else timeout)
         except BaseException:  # a Ctrl-C while waiting: a call no batch took yet never runs
-            with self._cond:
-                if request.started is None and not request.withdrawn:
-                    self._withdraw(request)
+            # The Lock's own `with` and no call inside, so that a second Ctrl-C cannot land
+            # halfway through (Note [Ctrl-C]): the flag alone; _take_batch drops the call.
+            with self._lock:
+                if request.started is None:
+                    request.withdrawn = True
             raise
         if not answered:
             with self._cond:
@@ -561,6 +577,12 @@ class BatchedModule:
                 self._counts["refused"] += 1
             raise
         request = _Request(args, rows, sample_shape, key)
+        # Made before the lock: fewer calls between the counts and the queue (Note [Ctrl-C]).
+        if blocking:
+            answered = threading.Lock()
+            answered.acquire()
+        else:
+            future = concurrent.futures.Future()
         with self._lock:  # the Lock itself: a Condition's `with` is Python code
             if self._closed:
                 self._counts["refused"] += 1
@@ -578,10 +600,9 @@ class BatchedModule:
                 request.lane = self._claim_lane()
                 return request
             if blocking:
-                request.answered = threading.Lock()
-                request.answered.acquire()
+                request.answered = answered
             else:
-                request.future = concurrent.futures.Future()
+                request.future = future
             queue = self._pending.get(key)
             if queue is None:
                 queue = self._pending[key] = collections.deque()
@@ -744,7 +765,7 @@ class BatchedModule:
             self._pending_count -= 1
             self._pending_rows[key] -= request.rows
             if request.future is None:
-                running = True  # a withdrawn blocking call left its queue (_withdraw)
+                running = not request.withdrawn  # a Ctrl-C in its caller's wait
             else:
                 try:
                     running = request.future.set_running_or_notify_cancel()

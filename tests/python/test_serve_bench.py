@@ -303,3 +303,21 @@ def test_a_failed_round_fails_its_cell_and_the_ratio(capsys):
     out = capsys.readouterr().out
     assert "threads x1 round 2: crash: killed by SIGSEGV" in out
     assert "5 of 6 ran ok and correct" in out and "1: -" in out, out
+
+
+def test_the_p99_factor_is_the_median_of_the_rounds_own_factors(capsys):
+    """Review finding: the ratio of the median p99s passed 2x while two of three rounds broke
+    it; each round's factor compares its own cells, as the throughput ratio does."""
+    threads_p99, batcher_p99 = [1.0, 4.0, 5.0], [2.2, 9.0, 7.9]
+    seen = {}
+
+    def run_fake(spec, timeout, entry):
+        r = seen[spec["setup"]] = seen.get(spec["setup"], -1) + 1
+        p99 = {"threads": threads_p99, "batcher": batcher_p99}.get(spec["setup"], [3.0] * 3)[r]
+        return fake_cell(spec, 100.0, p99=p99)
+
+    args = parse("--models", "linear", "--clients", "1", "--repeats", "3")
+    serve.main(args, run_round=run_fake)
+    out = capsys.readouterr().out
+    assert "p99 at 1 client <= 2x threads-alone p99 at 1 client: FAIL" in out, out
+    assert "= 2.2x)" in out  # median of 2.2, 2.25, 1.58

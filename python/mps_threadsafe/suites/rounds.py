@@ -3,7 +3,7 @@ as Metal kills it on a violation) is observed and counted by the parent, never r
 
 The child is `python -m mps_threadsafe _round SPEC_JSON` (a threaded round, threads.py) or
 another child entry point (`_serve_round`: one serve-bench cell, serve.py); it prints one line
-`MPS_THREADSAFE_RESULT {json}` and exits.
+`MPS_THREADSAFE_RESULT {json}` and exits. CHILD_ENTRIES lists them.
 """
 
 import json
@@ -13,32 +13,39 @@ import subprocess
 import sys
 
 RESULT_TAG = "MPS_THREADSAFE_RESULT "
+CHILD_ENTRIES = ("_round", "_serve_round")
 
 
 def run_round(spec, timeout, entry="_round"):
-    """Runs one round (`entry`: the child entry point); returns its result dict with
-    `outcome`: ok, crash, hang or error."""
+    """Runs one round (`entry`: the child entry point) in a fresh interpreter; returns its
+    result dict with `outcome`: ok, crash, hang or error. (forks.py runs rounds as fork()s of
+    a warm interpreter instead, with the same outcomes.)"""
     command = [sys.executable, "-m", "mps_threadsafe", entry, json.dumps(spec)]
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                               env=dict(os.environ))
     except subprocess.TimeoutExpired as expired:
         return {"outcome": "hang", "detail": f"no result within {timeout}s",
-                "stderr_tail": _tail(expired.stderr)}
-    for line in proc.stdout.splitlines():
+                "stderr_tail": tail(expired.stderr)}
+    return outcome_of(proc.returncode, proc.stdout, proc.stderr)
+
+
+def outcome_of(returncode, stdout, stderr):
+    """A finished round's result dict from its exit status (negative: the signal that killed
+    it) and output."""
+    for line in stdout.splitlines():
         if line.startswith(RESULT_TAG):
             result = json.loads(line[len(RESULT_TAG):])
-            result["outcome"] = "ok" if proc.returncode == 0 else "error"
+            result["outcome"] = "ok" if returncode == 0 else "error"
             return result
-    if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
-        return {"outcome": "crash", "detail": f"killed by {name}",
-                "stderr_tail": _tail(proc.stderr)}
-    return {"outcome": "error", "detail": f"exit status {proc.returncode}",
-            "stderr_tail": _tail(proc.stderr)}
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        return {"outcome": "crash", "detail": f"killed by {name}", "stderr_tail": tail(stderr)}
+    return {"outcome": "error", "detail": f"exit status {returncode}",
+            "stderr_tail": tail(stderr)}
 
 
-def _tail(text, lines=6):
+def tail(text, lines=6):
     if not text:
         return ""
     if isinstance(text, bytes):

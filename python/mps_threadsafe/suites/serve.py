@@ -10,8 +10,9 @@ device), waits for its result, and sends the next. Three setups:
 - `batching`: BatchedModule(model, max_batch=M, workers=1): one batch runs at a time.
 - `batcher`:  BatchedModule(model, max_batch=M, workers=K): up to K batches at once, each on
   its own stream lane.
-Each (model, setup, clients) cell runs in its own subprocess (`python -m mps_threadsafe
-_serve_round SPEC_JSON`, rounds.py): a crash is counted, never retried. In a cell every client
+Each (model, setup, clients) cell runs in its own process (`_serve_round SPEC_JSON`: a fork()
+of a warm interpreter on mps_sim and cpu, Note [Forked rounds] in forks.py; a fresh
+interpreter on mps, rounds.py): a crash is counted, never retried. In a cell every client
 first makes WARMUP_CALLS calls (the batching setups through a warm-up BatchedModule of the same
 configuration, closed before the measured one is made, so the measured one's stats() count the
 measured calls only); then all meet at a barrier, the last one there starts the clock, and
@@ -30,22 +31,25 @@ Note [Repeated, interleaved cells]
 One cell per setup compares runs made seconds apart, and a machine's speed drifts by more than
 the few percent the goal turns on (two runs of one cell differed by 10-20% on the 16-core
 machine). With `--repeats R`, each (model, clients) runs R rounds back to back, each round the
-three setups in a rotated order (round r starts with setup r mod 3), so that no setup always
-runs first or last. A round's ratio (batcher / the better other) compares cells run within
-seconds of each other; the verdict's ratio is the median of the rounds' ratios, and the table
-also shows their range. A setup's samples/s and p50/p99 are the medians over its rounds; the
-setup passes only if every round did.
+three setups in a rotated order (round r starts with setup r mod 3; R a multiple of 3 gives
+each setup each place equally often). A round's ratios (batcher / the better other samples/s;
+at 1 client, batcher p99 / threads p99) compare cells run within seconds of each other; the
+verdict's ratios are the medians of the rounds' ratios, and the table shows their range. A
+setup's samples/s, p50 and p99 in the table are each the median over its rounds (for even R
+the mean of the middle two, so the three need not come from one round, and the median of
+ratios need not equal the ratio of the medians shown); its batch stats are those of its
+lower-middle round by samples/s. A setup passes only if every round did; a failed round
+leaves its cell without a measurement.
 """
-
-import statistics
 
 import json
 import os
+import statistics
 import sys
 import threading
 import time
 
-from . import report, rounds
+from . import forks, report, rounds
 from .models import SERVE_MODELS
 
 SETUPS = ("threads", "batching", "batcher")
@@ -85,7 +89,15 @@ def cell_timeout(seconds, clients):
 # ---- The parent ----------------------------------------------------------------------------
 
 
-def main(args, run_round=rounds.run_round):
+def main(args, run_round=None):
+    """The whole run; `run_round` (tests) replaces how a cell's process is run."""
+    if run_round is None:
+        with forks.rounds_runner(args.device) as runner:
+            return _main(args, runner.run_round)
+    return _main(args, run_round)
+
+
+def _main(args, run_round):
     meta = report.run_metadata(args)
     seconds = seconds_for(args)
     clients = clients_for(args)
@@ -118,7 +130,8 @@ def main(args, run_round=rounds.run_round):
           f"model instance; BatchedModule max_batch={args.max_batch}, "
           f"max_wait_ms={args.max_wait_ms:g}; batcher workers={args.workers}, one-thread "
           f"batching workers=1"
-          + (f"; {repeats} interleaved rounds per cell, medians shown" if repeats > 1 else "")
+          + (f"; {repeats} interleaved rounds per cell: medians shown, each ratio the median "
+             f"of its rounds' own ratios" if repeats > 1 else "")
           + ")")
     by_model = {}
     for model in models:
@@ -172,14 +185,13 @@ def classify(cell):
 def summarize(rounds_of_one):
     """The (model, setup, clients) cell over its rounds (Note [Repeated, interleaved cells]):
     medians of samples/s, p50 and p99; errors and wrong results summed; the status of its
-    first failed round, if any (then no measurement). One round: that cell as it is."""
-    if len(rounds_of_one) == 1:
-        return rounds_of_one[0]
+    first failed round, if any (then no measurement). One round: that round's values."""
     failed = [c for c in rounds_of_one if not c["passed"]]
     if failed:
         cell = dict(failed[0])
-        for key in ("samples_per_s", "p50_ms", "p99_ms"):
-            cell[key] = None
+        if len(rounds_of_one) > 1:
+            for key in ("samples_per_s", "p50_ms", "p99_ms"):
+                cell[key] = None
     else:
         by_rate = sorted(rounds_of_one, key=lambda c: c["samples_per_s"])
         cell = dict(by_rate[(len(by_rate) - 1) // 2])  # its batch stats: the median round's
@@ -190,6 +202,7 @@ def summarize(rounds_of_one):
     diffs = [c["max_abs_diff"] for c in rounds_of_one if c.get("max_abs_diff") is not None]
     cell["max_abs_diff"] = max(diffs) if diffs else None
     cell["rounds"] = len(rounds_of_one)
+    cell["rounds_failed"] = len(failed)
     cell["samples_per_s_by_round"] = [report.measured(c, "samples_per_s")
                                       for c in sorted(rounds_of_one, key=lambda c: c["round"])]
     cell.pop("round", None)
@@ -212,6 +225,14 @@ def _round_ratio(cells, n, r):
     return batcher / max(others) if batcher and all(others) else None
 
 
+def _round_p99_factor(cells, r):
+    """batcher p99 / threads p99 at 1 client in round r, or None if one of them failed."""
+    b, t = _find(cells, "batcher", 1, r), _find(cells, "threads", 1, r)
+    b99 = report.measured(b, "p99_ms") if b.get("passed") else None
+    t99 = report.measured(t, "p99_ms") if t.get("passed") else None
+    return b99 / t99 if b99 is not None and t99 else None
+
+
 def _rate(cell):
     return report.measured(cell, "samples_per_s") if cell.get("passed") else None
 
@@ -229,17 +250,17 @@ def model_verdict(cells, clients):
                   "ratios": ratios, "ratios_by_round": by_round,
                   "required": THROUGHPUT_RATIO_REQUIRED}
 
-    def p99(setup):  # the median over rounds; None if a round failed
+    def p99(setup):  # the median over rounds, shown beside the factor; None if a round failed
         mine = [c for c in cells if c["setup"] == setup and c["clients"] == 1]
-        if not mine or not all(c.get("passed") for c in mine):
-            return None
-        values = [report.measured(c, "p99_ms") for c in mine]
-        return statistics.median(values) if None not in values else None
+        values = [report.measured(c, "p99_ms") if c.get("passed") else None for c in mine]
+        return statistics.median(values) if values and None not in values else None
 
     b99, t99 = p99("batcher"), p99("threads")
-    factor = b99 / t99 if b99 is not None and t99 else None
+    factors = [_round_p99_factor(cells, r) for r in _rounds(cells, 1)]
+    factor = statistics.median(factors) if factors and None not in factors else None
     latency = {"passed": factor is not None and factor <= P99_FACTOR_ALLOWED,
                "batcher_p99_ms": b99, "threads_p99_ms": t99, "factor": factor,
+               "factors_by_round": factors,
                "allowed": P99_FACTOR_ALLOWED}
     return {"passed": throughput["passed"] and latency["passed"],
             "throughput_vs_best_other": throughput, "p99_at_1_client": latency}
@@ -291,12 +312,13 @@ def print_model(model, cells, runs, clients, verdict):
           (c.get("batcher_stats") or {}).get("queue_wait_p99_ms")]
          for n in clients for c in (_find(cells, s, n) for s in SETUPS) if c]))
     if any(c.get("round", 0) for c in runs):
-        print(f"\nBy round (each round's setups in the order shown, run back to back):\n")
+        print("\nBy round (each round's setups in the order shown, run back to back):\n")
         print(report.table(
             ["clients", "round", "order", "threads samples/s", "batching samples/s",
-             "batcher samples/s", "batcher / best other"],
+             "batcher samples/s", "batcher / best other", "batcher p99 / threads p99"],
             [[n, r + 1, ", ".join(round_order(r))]
              + [_rate(_find(runs, s, n, r)) for s in SETUPS] + [_round_ratio(runs, n, r)]
+             + [_round_p99_factor(runs, r) if n == 1 else None]
              for n in clients for r in _rounds(runs, n)]))
     for c in runs:
         if not c["passed"] and (c.get("detail") or c.get("errors")):
