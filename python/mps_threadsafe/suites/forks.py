@@ -42,7 +42,9 @@ class ForkServer:
 
     def __init__(self):
         self._proc = None
+        self._stderr = None  # the server's own (a file: a pipe nobody reads could fill)
         self._buffer = b""
+        self._running = None  # the pid of the round in progress
 
     def __enter__(self):
         return self
@@ -51,6 +53,9 @@ class ForkServer:
         self.close()
 
     def close(self):
+        if self._running is not None:  # left mid-round (a Ctrl-C): its process goes too
+            _kill(self._running)
+            self._running = None
         if self._proc is not None:
             proc, self._proc = self._proc, None
             try:
@@ -59,12 +64,14 @@ class ForkServer:
             except (OSError, subprocess.TimeoutExpired):
                 proc.kill()
                 proc.wait()
+            self._stderr.close()
 
     def _start(self):
         self._buffer = b""
+        self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "mps_threadsafe", SERVER_ENTRY], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+            stdout=subprocess.PIPE, stderr=self._stderr, env=dict(os.environ))
 
     def run_round(self, spec, timeout, entry="_round"):
         if self._proc is None or self._proc.poll() is not None:
@@ -78,17 +85,17 @@ class ForkServer:
         started = self._reply(_REPLY_WAIT)
         if started is None or "pid" not in started:
             return self._server_failed("it started no round")
+        self._running = started["pid"]
         reply = self._reply(timeout)
         if reply is None:  # the round's own time ran out: a hang, killed as a spawned one is
-            try:
-                os.kill(started["pid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill(started["pid"])
             reply = self._reply(_REPLY_WAIT)
+            self._running = None
             if reply is None:
                 return self._server_failed("it did not report the killed round")
             return {"outcome": "hang", "detail": f"no result within {timeout}s",
                     "stderr_tail": rounds.tail(reply.get("stderr"))}
+        self._running = None
         return rounds.outcome_of(reply["returncode"], reply["stdout"], reply["stderr"])
 
     def _reply(self, timeout):
@@ -112,9 +119,19 @@ class ForkServer:
         outcome to hide): an error for this round, and a new server for the next."""
         proc, self._proc = self._proc, None
         proc.kill()
-        _, err = proc.communicate()
+        proc.communicate()
+        self._stderr.seek(0)
+        err = self._stderr.read()
+        self._stderr.close()
         return {"outcome": "error", "detail": f"the fork server failed: {what}",
                 "stderr_tail": rounds.tail(err)}
+
+
+def _kill(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended meanwhile
+        pass
 
 
 def rounds_runner(device):
