@@ -307,7 +307,7 @@ def main(argv=None):
         return serve.child_main(argv[1])
     if argv[:1] == ["_fork_server"]:
         from .suites import forks
-        return forks.server_main()
+        return forks.server_main(argv[1])
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:

@@ -81,8 +81,9 @@ def clients_for(args):
 
 
 def cell_timeout(seconds, clients):
-    """The most a cell's subprocess may take: start-up, the CPU references, the warm-up and the
-    measured seconds, with room for a loaded machine; past it the cell is a hang."""
+    """The most a cell's process may take: start-up (a fresh interpreter's on mps), the CPU
+    references, the warm-up and the measured seconds, with room for a loaded machine; past it
+    the cell is a hang."""
     return 300 + 3 * seconds + 2 * clients
 
 
