@@ -153,7 +153,7 @@ def plot_serve(path, cells, meta, settings):
     fig.suptitle(f"serve-bench: {report.title_suffix(meta)}\none shared model, "
                  f"{settings['seconds']:g} s per cell, max_batch={settings['max_batch']}, "
                  f"max_wait_ms={settings['max_wait_ms']:g}"
-                 + (f"; medians of {settings['repeats']} interleaved rounds"
+                 + (f"\nmedians of {settings['repeats']} interleaved rounds per cell"
                     if settings.get("repeats", 1) > 1 else "")
                  + ("; x: a failed cell" if any(not c.get("passed") for c in cells) else ""),
                  fontsize=10.5)
