@@ -78,12 +78,7 @@ class ForkServer:
         try:
             proc.wait(timeout=0.5)
         except subprocess.TimeoutExpired:
-            proc.terminate()  # its SIGTERM handler kills the round it waits for
-            try:
-                proc.wait(timeout=_REPLY_WAIT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _terminate(proc)
         self._close_files()
 
     def run_round(self, spec, timeout, entry="_round"):
@@ -164,12 +159,7 @@ class ForkServer:
         proc, self._proc = self._proc, None
         if proc is None:  # closed meanwhile
             return {"outcome": "error", "detail": "the fork server was closed mid-round"}
-        proc.terminate()  # it kills the round it may be waiting for
-        try:
-            proc.wait(timeout=_REPLY_WAIT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _terminate(proc)
         self._stderr.seek(0)
         err = self._stderr.read()
         self._close_files()
@@ -183,6 +173,16 @@ class ForkServer:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
+
+
+def _terminate(server):
+    """Ends the server: its SIGTERM handler kills the round it waits for, if any, first."""
+    server.terminate()
+    try:
+        server.wait(timeout=_REPLY_WAIT)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 def rounds_runner(device):
