@@ -252,13 +252,13 @@ def build_parser():
                        default=8, metavar="K",
                        help="the batcher's lanes, BatchedModule(workers=K) (default 8: better "
                             "than 16 on 16 cores from 16 clients up, docs/benchmarks.md)")
-    serve.add_argument("--repeats", type=int_up_to(SERVE_MAX_REPEATS, "each round is a "
-                                                   "subprocess per setup"),
+    serve.add_argument("--repeats", type=int_up_to(SERVE_MAX_REPEATS, "each round runs "
+                                                   "a process per setup"),
                        default=1, metavar="R",
                        help="rounds per (model, clients), each the three setups back to back in "
                             "a rotated order; medians shown, the goal ratio is the median of "
-                            "the rounds' ratios (default 1; a multiple of 3 puts each setup in each place "
-                            "equally often; Note [Repeated, interleaved cells])")
+                            "the rounds' ratios (default 1; a multiple of 3 puts each setup in each "
+                            "place equally often; Note [Repeated, interleaved cells])")
     serve.add_argument("--max-batch", type=positive_int, default=8, metavar="M",
                        help="BatchedModule(max_batch=M) of both batching setups (default 8)")
     serve.add_argument("--max-wait-ms", type=milliseconds, default=1.0, metavar="MS",

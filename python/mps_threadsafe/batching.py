@@ -77,7 +77,9 @@ never leads a batch for others (Note [The caller runs its own batch]), and what 
 call (its answer lock or future) is made before the lock is taken. What is left: a Ctrl-C in
 the few bytecodes of _accept's locked section, or between _accept and the wait, can still
 leave a call to run with nobody to answer (harmless: it is computed and dropped) or, inside
-the section, the counts of one call half-updated (close() would then wait for it). Fully
+the section, the counts of one call half-updated (close() would then wait for it); so can one
+that lands inside a timed-out call's _withdraw, whose queue and counts change in several
+calls. Fully
 interrupt-proof bookkeeping would need the handler itself deferred, which Python offers only
 process-wide (signal.signal).
 
@@ -741,17 +743,7 @@ class BatchedModule:
             del self._pending_rows[key]
         request.withdrawn = True
         self._counts["cancelled"] += 1
-        # _answered's bookkeeping inline: no Python call (where a Ctrl-C is delivered) between
-        # leaving the queue and leaving the in-flight count, or close() would wait forever.
-        left = self._in_flight[key] - 1
-        if left:
-            self._in_flight[key] = left
-        else:
-            del self._in_flight[key]
-        self._in_flight_total -= 1
-        if self._closed and not self._in_flight_total:
-            self._drained.notify_all()
-            self._cond.notify_all()
+        self._answered(key)
         self._wake_a_worker()  # a smaller fair share may let its group leave
 
     def _take_batch(self, key):

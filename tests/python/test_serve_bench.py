@@ -42,7 +42,7 @@ BAD_ARGUMENTS = [
     (["--workers", "2.5"], "'2.5' is not a whole number"),
     (["--workers", "100000"], "at most 256"),
     (["--repeats", "0"], "must be 1 or more"),
-    (["--repeats", "101"], "at most 100 (each round is a subprocess per setup)"),
+    (["--repeats", "101"], "at most 100 (each round runs a process per setup)"),
     (["--max-batch", "0"], "must be 1 or more"),
     (["--max-batch", "x"], "'x' is not a whole number"),
     (["--max-wait-ms", "-1"], "give a number of milliseconds >= 0"),

@@ -324,10 +324,11 @@ def _child(request, out_fd, err_fd, channel_fd):
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
-        for fd in (out_fd, err_fd, channel_fd):
+        for fd in (devnull, out_fd, err_fd, channel_fd):
             os.close(fd)
         import torch
         torch.seed()
