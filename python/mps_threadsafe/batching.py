@@ -939,8 +939,18 @@ class BatchedModule:
         return outcomes
 
     def _compute(self, lane, batch, on_own_stream):
-        """Runs the batch's calls as one model call and returns each call's output (Notes
-        [What a batch runs under], [What the model must return])."""
+        """Runs the batch's calls as one model call and returns each call's output, once its
+        stream has finished them (Notes [What a batch runs under], [What the model must
+        return])."""
+        results, stream = self._launch(lane, batch, on_own_stream)
+        if stream is not None:
+            stream.synchronize()  # the batch's error, if any, belongs to this batch
+        return results
+
+    def _launch(self, lane, batch, on_own_stream):
+        """(each call's output, the stream that computes them): the batch's model call is
+        encoded and its output split between the calls; the caller synchronizes the stream.
+        If the model or the split raises, the stream is synchronized first."""
         self._refuse_training()
         device = self.device
         stream = lane.stream
@@ -954,38 +964,46 @@ class BatchedModule:
         first = batch[0]
         padded = self.pad is not None and isinstance(first.key, tuple) and \
             first.key[:1] == ("padded",)
-        with _BatchModes(self._autocast_types), stream_context:
-            kwargs = {}
-            if padded:
-                target = first.key[2]
-                inputs = [self.pad.pad(r.args[0].to(device), target) for r in batch]
-                inputs = (inputs[0] if len(inputs) == 1 else torch.cat(inputs),)
-                lengths = [r.sample_shape[self.pad.dim] for r in batch for _ in range(r.rows)]
-                kwargs = self.pad.model_kwargs(lengths, target, device)
-            elif len(batch) == 1:
-                inputs = [a.to(device) for a in first.args]
-            else:
-                inputs = tuple(torch.cat([r.args[i].to(device) for r in batch])
-                               for i in range(len(first.args)))
-            output = self.model(*inputs, **kwargs)
-            if self.output_device is not None:
-                output = _tree_map(lambda t: t.to(self.output_device), output)
+        try:
+            with _BatchModes(self._autocast_types), stream_context:
+                kwargs = {}
+                if padded:
+                    target = first.key[2]
+                    inputs = [self.pad.pad(r.args[0].to(device), target) for r in batch]
+                    inputs = (inputs[0] if len(inputs) == 1 else torch.cat(inputs),)
+                    lengths = [r.sample_shape[self.pad.dim] for r in batch for _ in range(r.rows)]
+                    kwargs = self.pad.model_kwargs(lengths, target, device)
+                elif len(batch) == 1:
+                    inputs = [a.to(device) for a in first.args]
+                else:
+                    inputs = tuple(torch.cat([r.args[i].to(device) for r in batch])
+                                   for i in range(len(first.args)))
+                output = self.model(*inputs, **kwargs)
+                if self.output_device is not None:
+                    output = _tree_map(lambda t: t.to(self.output_device), output)
+                total = first.rows if len(batch) == 1 else sum(r.rows for r in batch)
+                for tensor in _tree_tensors(output):  # for a batch of one too: Note [What the ...]
+                    if tensor.dim() == 0 or tensor.shape[0] != total:
+                        raise RuntimeError(
+                            f"BatchedModule: the model returned a tensor of shape "
+                            f"{tuple(tensor.shape)} for a batch of {total} samples; every output "
+                            "needs the batch dimension first to be split between callers")
+                if padded:
+                    dims = inputs[0].dim()
+                    results = [self._rows(output, batch, i, lambda t, r=r: self.pad.unpad(
+                        t, r.sample_shape, target, dims)) for i, r in enumerate(batch)]
+                elif len(batch) == 1:
+                    results = [output]  # exactly what the model returned for this call alone
+                else:
+                    results = [self._rows(output, batch, i) for i in range(len(batch))]
+        except Exception:
+            # What the batch encoded before it failed finishes first: an error of its kernels
+            # belongs to this batch, not to the next one on the stream (raised instead, with
+            # this one as its context).
             if stream is not None:
-                stream.synchronize()  # the batch's error, if any, belongs to this batch
-            total = first.rows if len(batch) == 1 else sum(r.rows for r in batch)
-            for tensor in _tree_tensors(output):  # for a batch of one too: Note [What the ...]
-                if tensor.dim() == 0 or tensor.shape[0] != total:
-                    raise RuntimeError(
-                        f"BatchedModule: the model returned a tensor of shape "
-                        f"{tuple(tensor.shape)} for a batch of {total} samples; every output "
-                        "needs the batch dimension first to be split between callers")
-            if padded:
-                dims = inputs[0].dim()
-                return [self._rows(output, batch, i, lambda t, r=r: self.pad.unpad(
-                    t, r.sample_shape, target, dims)) for i, r in enumerate(batch)]
-            if len(batch) == 1:
-                return [output]  # exactly what the model returned for this call alone
-            return [self._rows(output, batch, i) for i in range(len(batch))]
+                stream.synchronize()
+            raise
+        return results, stream
 
     @staticmethod
     def _rows(output, batch, index, then=None):

@@ -327,6 +327,43 @@ def test_two_failing_calls_get_exceptions_of_their_own():
     assert all(isinstance(e, RuntimeError) for e in errors) and errors[0] is not errors[1]
 
 
+class LooksUpThenRaises(Lookup):
+    """Encodes its lookup, then raises in Python: the lookup's kernel is still on the stream."""
+
+    def forward(self, ids):
+        looked_up = super().forward(ids)
+        if ids.shape[1] == 3:
+            raise ValueError("three ids")
+        return looked_up
+
+
+@pytest.mark.parametrize("path", ["caller_runs_it", "worker_runs_it"])
+def test_a_gpu_error_of_a_batch_that_raised_stays_with_that_batch(path):
+    """A model that raises after encoding a kernel that fails on the GPU: its call gets the
+    batch's error (the stream is synchronized before the exception leaves), and the next work
+    on the same stream (the caller's own, or the lane's next batch) is clean, as on the CPU,
+    where the bad lookup raises at the call."""
+    torch.mps_sim.set_threadsafe(True)
+    master = LooksUpThenRaises().eval()
+    bad, good = torch.tensor([[1, 12, 2]]), torch.tensor([[1, 2]])
+    with pytest.raises(IndexError):
+        master(bad)
+    with BatchedModule(on_device(master), workers=1) as batched:
+        if path == "caller_runs_it":
+            with pytest.raises(RuntimeError, match="index out of range"):
+                batched(bad)
+            after = torch.ones(3, device=DEVICE) * 2  # this thread's own stream
+            torch.mps_sim.current_stream().synchronize()
+            assert after.cpu().tolist() == [2.0, 2.0, 2.0]
+            assert_close(batched(good), cpu_result(master, good))
+        else:
+            with pytest.raises(RuntimeError, match="index out of range"):
+                batched.submit(bad).result(TIMEOUT)
+            assert_close(batched.submit(good).result(TIMEOUT), cpu_result(master, good))
+        stats = batched.stats()
+    assert stats["failed"] == 1 and stats["completed"] == 1
+
+
 def refusing(inner, error):
     """`inner`, raising `error` for an input with a value below -100 (POISON)."""
     def model(x):
