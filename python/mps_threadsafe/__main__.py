@@ -252,6 +252,9 @@ def build_parser():
                        default=8, metavar="K",
                        help="the batcher's lanes, BatchedModule(workers=K) (default 8: better "
                             "than 16 on 16 cores from 16 clients up, docs/benchmarks.md)")
+    serve.add_argument("--adaptive", action="store_true",
+                       help="the batcher setup uses BatchedModule(adaptive=True): as many of its "
+                            "--workers lanes as give the most samples/s (Note [How many lanes])")
     serve.add_argument("--repeats", type=int_up_to(SERVE_MAX_REPEATS, "each round runs "
                                                    "a process per setup"),
                        default=1, metavar="R",

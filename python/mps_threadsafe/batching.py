@@ -56,6 +56,22 @@ queueing behind it: batches would alternate between one call and all the others.
 that cannot grow (a lone shape) has a fair share of its own calls and leaves at once; no group
 waits behind another. ``max_wait_ms`` = 0 takes whatever is waiting at once.
 
+Note [How many lanes]
+More lanes run more batches at once, but each batch is one model call's Python under the GIL:
+with many callers of a small model the GIL, not the streams, is the limit, and fewer lanes
+(so larger batches: the fair share is of the lanes in use) give more samples per second; with
+a large model on a parallel device more lanes do. Which one wins depends on the model, the
+callers and the machine (on the 2-core VM, mlp on mps_sim at 16-64 clients: 8 lanes 5,400-9,300
+samples/s, one lane 13,300-14,000), so with ``adaptive=True`` the batcher measures it as it
+runs: a window (at least WINDOW_S and WINDOW_BATCHES batches per lane) gives the samples/s of
+the lanes in use; now and then a trial window runs with half (or twice) as many, kept only if
+it beat them by MARGIN, else undone, and trials come less often (up to MAX_BACKOFF windows
+apart) while they keep losing. A window that spans an idle gap is not measured. Lanes in use
+bound the batches running at once, the calls a caller may run itself and the fair share; a
+lane is free when fewer than that many are busy. ``active_lanes`` in stats() says where it
+is. Off by default: the lanes used then change with the machine's load, and a fixed ``workers``
+is what a caller who sized it expects.
+
 Note [Waking one worker]
 Every event that may let a group leave (a call queued, a lane freed, calls answered) wakes one
 idle worker, and a worker that takes a batch while more could leave wakes the next: a worker
@@ -373,6 +389,9 @@ class BatchedModule:
             [When a batch leaves]). A lone caller never waits.
         workers (int): lanes (streams) that run batches at once, one worker thread each
             (default 2).
+        adaptive (bool): use between 1 and ``workers`` lanes, as many as give the most samples
+            per second, measured as the batcher runs (Note [How many lanes]; default False:
+            all of them).
         device: where the model runs (default: the device of its first parameter or buffer,
             else cpu): cpu, mps or mps_sim. Inputs may be on this device or on the cpu.
         pad: a pad rule (:class:`PadSequences`) for single-input models, so samples of
@@ -389,7 +408,7 @@ class BatchedModule:
     """
 
     def __init__(self, model, max_batch=8, max_wait_ms=1.0, workers=2, *, device=None, pad=None,
-                 output_device=None):
+                 output_device=None, adaptive=False):
         if not callable(model):
             raise TypeError(f"BatchedModule: model must be callable, got {type(model).__name__}")
         self.max_batch = _whole("max_batch", max_batch)
@@ -428,6 +447,11 @@ class BatchedModule:
                 "install the thread-safe build, or use workers=1")
         self._lanes = [_Lane(i) for i in range(self.workers)]
         self._free_lanes = list(reversed(self._lanes))
+        if not isinstance(adaptive, bool):
+            raise TypeError(f"BatchedModule: adaptive must be True or False, got {adaptive!r}")
+        # Lanes batches may use now (Note [How many lanes]): all of them, or the tuner's choice.
+        self._tuner = _LaneTuner(self.workers, time.perf_counter()) if adaptive else None
+        self._active_lanes = self.workers
 
         # One lock; workers wait on _cond (woken one at a time: Note [Waking one worker]),
         # close() on _drained.
@@ -595,8 +619,8 @@ class BatchedModule:
             counts["samples"] += rows
             self._in_flight[key] = self._in_flight.get(key, 0) + 1
             self._in_flight_total += 1
-            if (blocking and self._free_lanes and key not in self._pending
-                    and self._in_flight_total <= len(self._lanes)):
+            if (blocking and self._lane_available() and key not in self._pending
+                    and self._in_flight_total <= self._active_lanes):
                 request.started = request.accepted
                 counts["caller_run_batches"] += 1
                 request.lane = self._claim_lane()
@@ -612,7 +636,7 @@ class BatchedModule:
             queue.append(request)
             self._pending_rows[key] += rows
             self._pending_count += 1
-            if (blocking and self._free_lanes and self._pending_rows[key] <= self.max_batch
+            if (blocking and self._lane_available() and self._pending_rows[key] <= self.max_batch
                     and threading.current_thread() is not self._main_thread
                     and self._choose_group()[0] == key):
                 request.batch = self._take_batch(key)  # its own call included: the newest
@@ -702,10 +726,15 @@ class BatchedModule:
         lane.batches += 1
         self._free_lanes.append(lane)
 
+    def _lane_available(self):
+        """Under the lock: whether a batch may start now (a lane is free, and fewer than the
+        lanes in use are busy: Note [How many lanes])."""
+        return len(self._lanes) - len(self._free_lanes) < self._active_lanes
+
     def _wake_a_worker(self):
         """Under the lock, after anything that may let a group leave (a call queued, a lane
         freed, calls answered: a smaller fair share). Note [Waking one worker]."""
-        if self._pending_count and self._free_lanes:
+        if self._pending_count and self._lane_available():
             self._cond.notify()
 
     def _choose_group(self):
@@ -726,7 +755,7 @@ class BatchedModule:
         """(whether group `key` may leave now, seconds until its max_wait runs out): Note
         [When a batch leaves]."""
         left = self._pending[key][0].accepted + self.max_wait_s - now
-        fair_share = min(self.max_batch, -(-self._in_flight.get(key, 0) // len(self._lanes)))
+        fair_share = min(self.max_batch, -(-self._in_flight.get(key, 0) // self._active_lanes))
         return (self.max_wait_s == 0 or self._closed or isinstance(key, _Alone)
                 or self._pending_rows[key] >= fair_share or left <= 0), left
 
@@ -820,7 +849,7 @@ class BatchedModule:
                         return
                     self._cond.wait()
                     continue
-                if not self._free_lanes:
+                if not self._lane_available():
                     self._cond.wait()
                     continue
                 key, wait = self._choose_group()
@@ -1033,6 +1062,9 @@ class BatchedModule:
                 self._latencies.append(done - request.accepted)
                 if answered:
                     self._answered(request.key)
+            if self._tuner is not None:
+                self._active_lanes = self._tuner.batch_done(
+                    batch[0].rows if len(batch) == 1 else sum(r.rows for r in batch), done)
             self._wake_a_worker()
 
     # ---- counters ------------------------------------------------------------------------------
@@ -1046,6 +1078,8 @@ class BatchedModule:
             waits, latencies = list(self._waits), list(self._latencies)
             lanes = [(lane.batches, lane.stream) for lane in self._lanes]
             busy = len(self._lanes) - len(self._free_lanes)
+            active = self._active_lanes
+            tuner_changes = self._tuner.changes if self._tuner is not None else 0
             pending = self._pending_count
             max_busy = self._max_lanes_busy
         batches = counts.get("batches", 0)
@@ -1074,6 +1108,8 @@ class BatchedModule:
             "latency_p50_ms": ms(_percentile(latencies, 50)),
             "latency_p99_ms": ms(_percentile(latencies, 99)),
             "lanes_busy": busy, "max_lanes_busy": max_busy,
+            "adaptive": self._tuner is not None, "active_lanes": active,
+            "active_lanes_changes": tuner_changes,
             "lane_batches": [n for n, _ in lanes],
             "lane_streams": [getattr(s, "stream_id", None) for _, s in lanes],
         }
@@ -1084,6 +1120,76 @@ class BatchedModule:
 _TRAINING_MESSAGE = ("BatchedModule: the model is in training mode{where}; call model.eval() "
                      "(in training mode, dropout and batch norm would mix the samples of "
                      "different callers)")
+
+
+class _LaneTuner:
+    """How many lanes batches use, chosen by measured throughput (Note [How many lanes]). Pure
+    bookkeeping, called under the batcher's lock: batch_done() returns the lanes to use."""
+
+    WINDOW_S = 0.025  # a measuring window: at least this long ...
+    WINDOW_BATCHES = 2  # ... and this many batches per lane
+    MARGIN = 0.05  # a trial is kept only if it beats the lanes it replaced by this much
+    MAX_BACKOFF = 32  # windows between trials, at most, after trials that lost
+
+    def __init__(self, lanes, now):
+        self.lanes = lanes
+        self.active = lanes
+        self.rate = None  # samples/s with `active` lanes (the mean of its last two windows)
+        self.trial_from = None  # (lanes, rate) a running trial replaced
+        self.down = True  # the next trial's direction
+        self.backoff = self.wait = 1  # windows until the next trial
+        self.changes = 0
+        self._start, self._samples, self._batches = now, 0, 0
+
+    def batch_done(self, samples, now):
+        self._samples += samples
+        self._batches += 1
+        elapsed = now - self._start
+        if elapsed < self.WINDOW_S or self._batches < self.WINDOW_BATCHES * self.lanes:
+            return self.active
+        rate = self._samples / elapsed
+        self._start, self._samples, self._batches = now, 0, 0
+        if elapsed > 10 * self.WINDOW_S:
+            return self.active  # the batcher sat idle: the window measured its callers
+        self.window_done(rate)
+        return self.active
+
+    def window_done(self, rate):
+        """One window at `self.active` lanes measured `rate` samples/s."""
+        if self.trial_from is not None:
+            lanes, base = self.trial_from
+            self.trial_from = None
+            if rate > base * (1 + self.MARGIN):  # kept: try further the same way next window
+                self.rate, self.backoff, self.wait = rate, 1, 1
+                return
+            self._set(lanes)  # lost: back, and try less often (the other way first)
+            self.rate = base
+            self.backoff = min(2 * self.backoff, self.MAX_BACKOFF)
+            self.wait = self.backoff
+            self.down = not self.down
+            return
+        self.rate = rate if self.rate is None else (self.rate + rate) / 2
+        self.wait -= 1
+        if self.wait > 0:
+            return
+        candidate = self._neighbour()
+        if candidate is None:  # one lane only: nothing to try
+            self.wait = self.MAX_BACKOFF
+            return
+        self.trial_from = (self.active, self.rate)
+        self._set(candidate)
+
+    def _neighbour(self):
+        down = max(1, self.active // 2) if self.active > 1 else None
+        up = min(self.lanes, 2 * self.active) if self.active < self.lanes else None
+        if self.down and down is None or not self.down and up is None:
+            self.down = not self.down
+        return down if self.down else up
+
+    def _set(self, lanes):
+        if lanes != self.active:
+            self.active = lanes
+            self.changes += 1
 
 
 class _Outcomes(list):

@@ -1309,3 +1309,81 @@ def test_a_bug_while_running_a_batch_reaches_its_callers_and_frees_the_lane(monk
         assert_close(batched.submit(x).result(TIMEOUT), cpu_result(master, x))
         stats = batched.stats()
     assert stats["lanes_busy"] == 0 and stats["failed"] == 1
+
+
+# ---- Note [How many lanes] ------------------------------------------------------------------
+
+
+def drive_tuner(rates, lanes=8, windows=400):
+    """Feeds a _LaneTuner one window after another, each measuring rates[active lanes]; returns
+    the lanes it used in each window."""
+    tuner = batching._LaneTuner(lanes, now=0.0)
+    used = []
+    for _ in range(windows):
+        used.append(tuner.active)
+        tuner.window_done(rates[tuner.active])
+    return used
+
+
+@pytest.mark.parametrize("best", [1, 2, 4, 8])
+def test_the_lane_tuner_settles_on_the_lanes_with_the_most_throughput(best):
+    """Throughput peaked at `best` lanes, 30% lower at each step away (1, 2, 4, 8 lanes): the
+    tuner, starting from all 8, spends at least 85% of the second half of its windows there."""
+    rates = {n: 1000.0 * 0.7 ** abs(i - [1, 2, 4, 8].index(best))
+             for i, n in enumerate([1, 2, 4, 8])}
+    used = drive_tuner(rates)
+    settled = used[len(used) // 2:]
+    assert settled.count(best) >= 0.85 * len(settled), collections.Counter(settled)
+
+
+def test_the_lane_tuner_keeps_every_lane_when_fewer_gain_nothing():
+    """A flat curve (every lane count equally fast, as with fewer callers than lanes): trials
+    lose, back off, and the tuner stays on all its lanes but for rare trials."""
+    used = drive_tuner({n: 1000.0 for n in (1, 2, 4, 8)})
+    settled = used[len(used) // 2:]
+    assert settled.count(8) >= 0.9 * len(settled), collections.Counter(settled)
+
+
+def test_the_lane_tuner_windows_need_time_and_batches_and_skip_idle_gaps():
+    tuner = batching._LaneTuner(4, now=0.0)
+    window = batching._LaneTuner.WINDOW_S
+    batches = batching._LaneTuner.WINDOW_BATCHES * 4
+    for i in range(batches - 1):  # long enough, but too few batches: no window yet
+        tuner.batch_done(8, now=window * 2)
+    assert tuner.rate is None
+    tuner.batch_done(8, now=window * 2)
+    assert tuner.rate == pytest.approx(8 * batches / (window * 2))
+    first = tuner.rate
+    for i in range(batches):  # many batches, but after an idle gap: not measured
+        tuner.batch_done(8, now=window * 2 + 60.0)
+    assert tuner.rate == first
+
+
+def test_adaptive_batches_use_only_the_lanes_the_tuner_chose(monkeypatch):
+    """With the tuner at one lane of four, 8 calls queued behind a held batch run on one lane
+    at a time, batched by the fair share of one lane (ceil(in flight / 1)), and equal the CPU.
+    Without adaptive, every lane stays in use."""
+    monkeypatch.setattr(batching._LaneTuner, "WINDOW_S", 1e9)  # no window ends in this test
+    torch.mps_sim.set_threadsafe(True)
+    master = nn.Linear(6, 3).eval()
+    xs = [torch.randn(1, 6) for _ in range(8)]
+    outcome = {}
+    for adaptive in (True, False):
+        gate = Gate(on_device(master))
+        with BatchedModule(gate, max_batch=8, workers=4, adaptive=adaptive) as batched:
+            if adaptive:
+                with batched._lock:  # what the tuner would choose for a GIL-bound model
+                    batched._tuner.active = batched._active_lanes = 1
+            results = queued_behind_the_gate(batched, gate, torch.randn(1, 6), xs)
+            outcome[adaptive] = batched.stats()
+        for x, y in zip(xs, results):
+            assert_close(y, cpu_result(master, x))
+    assert outcome[True]["max_lanes_busy"] == 1 and outcome[True]["active_lanes"] == 1
+    assert outcome[True]["batch_sizes"] == {1: 1, 8: 1}  # the held call, then all 8 at once
+    assert outcome[True]["adaptive"] and not outcome[False]["adaptive"]
+    assert outcome[False]["active_lanes"] == 4
+
+
+def test_adaptive_must_be_a_bool():
+    with pytest.raises(TypeError, match="adaptive must be True or False"):
+        BatchedModule(nn.Linear(2, 2).eval(), adaptive="yes")

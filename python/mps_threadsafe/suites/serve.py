@@ -105,7 +105,8 @@ def _main(args, run_round):
     models = args.models or list(DEFAULT_MODELS)
     repeats = getattr(args, "repeats", 1)
     settings = {"seconds": seconds, "clients": clients, "models": models,
-                "workers": args.workers, "max_batch": args.max_batch,
+                "workers": args.workers, "adaptive": getattr(args, "adaptive", False),
+                "max_batch": args.max_batch,
                 "max_wait_ms": args.max_wait_ms, "warmup_calls": WARMUP_CALLS,
                 "repeats": repeats}
     specs = [(model, n, r, setup) for model in models for n in clients for r in range(repeats)
@@ -116,7 +117,8 @@ def _main(args, run_round):
         spec = {"device": args.device, "model": model, "setup": setup, "clients": n,
                 "seconds": seconds, "quick": args.quick, "max_batch": args.max_batch,
                 "workers": 1 if setup == "batching" else args.workers,
-                "max_wait_ms": args.max_wait_ms, "warmup": WARMUP_CALLS}
+                "max_wait_ms": args.max_wait_ms, "warmup": WARMUP_CALLS,
+                "adaptive": setup == "batcher" and getattr(args, "adaptive", False)}
         cell = run_round(spec, cell_timeout(seconds, n), entry=ENTRY)
         cell.update(model=model, setup=setup, clients=n, round=r)
         classify(cell)
@@ -129,7 +131,8 @@ def _main(args, run_round):
 
     print(f"## serve-bench: {report.title_suffix(meta)} ({seconds:g} s per cell, one shared "
           f"model instance; BatchedModule max_batch={args.max_batch}, "
-          f"max_wait_ms={args.max_wait_ms:g}; batcher workers={args.workers}, one-thread "
+          f"max_wait_ms={args.max_wait_ms:g}; batcher workers={args.workers}"
+          + (" (adaptive)" if getattr(args, "adaptive", False) else "") + ", one-thread "
           f"batching workers=1"
           + (f"; {repeats} interleaved rounds per cell: medians shown, each ratio the median "
              f"of its rounds' own ratios" if repeats > 1 else "")
@@ -384,7 +387,8 @@ def run_cell(spec):
     def make_batcher():
         return batching.BatchedModule(shared, max_batch=spec["max_batch"],
                                       max_wait_ms=spec["max_wait_ms"], workers=spec["workers"],
-                                      device=device.torch_device)
+                                      device=device.torch_device,
+                                      adaptive=spec.get("adaptive", False))
 
     def call_alone(x):
         y = shared(x)
