@@ -30,14 +30,15 @@ takes a stream of the pool with ``Stream()``.
 
 Note [The caller runs its own batch]
 A blocking call that finds nothing of its shape waiting, a lane free and no more calls in
-flight than lanes runs its call itself, on its own thread: handing the work to a worker and
+flight than lanes in use (Note [How many lanes]) runs its call itself, on its own thread: handing the work to a worker and
 waiting for it costs two thread switches and a Future (0.1-0.2 ms of CPython, much of it under
 the GIL that every caller needs) and buys nothing when there is nobody to batch with. With
 thread safety on it runs on its own thread's stream, as calling the model from that thread
 would (a lane's stream would cost a stream switch and make every buffer cross streams); with
 it off, that stream is the default one every thread shares, so it runs on the lane's. So up
-to ``workers`` concurrent callers cost what calling the model from their own threads costs,
-and a lone caller never waits. Futures (``submit``) always go through the queue.
+to ``workers`` concurrent callers cost what calling the model from their own threads costs
+(but for the batcher's own Python: Note [The lone call's path]), and a lone caller never
+waits. Futures (``submit``) always go through the queue.
 A blocking call that queues and so lets its group leave (Note [When a batch leaves]; the
 oldest group that may) while a lane is free leads that batch itself, the same way (but on the
 main thread, where a Ctrl-C would fail its batch-mates too): it runs the batch, its own call in it, on
@@ -45,10 +46,20 @@ its own thread, instead of waking a worker for it (``caller_led_batches``). A wo
 finishes a batch wakes another for what is left before it answers its callers (their
 futures' done-callbacks may run for long).
 
+Note [The lone call's path]
+A call its caller runs alone costs the batcher's Python on top of the model's, under the GIL
+that every caller needs: where the GIL is the limit (many callers of a small model), that
+overhead is lost throughput in proportion to it. And it runs cold: after a model call's
+synchronize the batcher's code and objects are out of the core's caches (on the 2-core VM,
+_check right after a transformer call costs 30 us, the same call again 2.8 us). So this path is
+written out for one call (_run_alone_here) instead of going through _compute and _finish,
+which handle batches, pad rules and retries: on the 2-core VM, mlp on mps_sim, one thread,
+per call CPU time over the model called directly fell from +26-30 us to +14-17 us.
+
 Note [When a batch leaves]
 Calls beyond that queue, grouped by shape, and free workers take them. A group leaves as soon
 as it holds its fair share of its shape's calls in flight (accepted, not yet answered),
-ceil(in flight / lanes) samples (at most ``max_batch``), or its oldest call has waited
+ceil(in flight / lanes in use) samples (at most ``max_batch``), or its oldest call has waited
 ``max_wait_ms``; among the groups that may leave, the one whose oldest call came first. In a
 closed loop the callers of a finished batch come back within microseconds, and without the
 fair share the first of them would leave alone on the lane that just freed, the rest
@@ -63,14 +74,19 @@ with many callers of a small model the GIL, not the streams, is the limit, and f
 a large model on a parallel device more lanes do. Which one wins depends on the model, the
 callers and the machine (on the 2-core VM, mlp on mps_sim at 16-64 clients: 8 lanes 5,400-9,300
 samples/s, one lane 13,300-14,000), so with ``adaptive=True`` the batcher measures it as it
-runs: a window (at least WINDOW_S and WINDOW_BATCHES batches per lane) gives the samples/s of
-the lanes in use; now and then a trial window runs with half (or twice) as many, kept only if
-it beat them by MARGIN, else undone, and trials come less often (up to MAX_BACKOFF windows
-apart) while they keep losing. A window that spans an idle gap is not measured. Lanes in use
-bound the batches running at once, the calls a caller may run itself and the fair share; a
-lane is free when fewer than that many are busy. ``active_lanes`` in stats() says where it
-is. Off by default: the lanes used then change with the machine's load, and a fixed ``workers``
-is what a caller who sized it expects.
+runs. A window (at least WINDOW_S, and WINDOW_BATCHES batches per lane in use) gives the
+samples/s of the lanes in use; it starts again when the batcher goes from idle to busy (the
+time before measured its callers, not its lanes). Now and then a trial runs with half (or
+twice) as many lanes, measured over TRIAL_WINDOWS windows from the moment only its lanes are
+busy (batches started before it do not count), and is kept only if it beat the lanes it
+replaced by MARGIN or by twice the windows' own spread, whichever is larger (so that noise
+alone rarely wins), if it has fewer lanes, and unless it lost by that much if it has more (a
+tie goes to more lanes: the next caller finds one free); else it is undone, and trials come less often (up to MAX_BACKOFF windows
+apart) while they keep losing. Lanes in use bound the batches running at once, the calls a
+caller may run itself and the fair share; a lane is free when fewer than that many are busy
+(right after the tuner lowers it, more may still be busy, finishing). ``active_lanes`` in
+stats() says where it is. Off by default: the lanes used then change with the machine's load,
+and a fixed ``workers`` is what a caller who sized it expects.
 
 Note [Waking one worker]
 Every event that may let a group leave (a call queued, a lane freed, calls answered) wakes one
@@ -267,11 +283,12 @@ class _Request:
     blocking call, through `answered`: a lock held until its result or error is set (a
     Future's condition variable costs a blocking caller several microseconds under the GIL
     for nothing it uses)."""
-    __slots__ = ("args", "rows", "sample_shape", "key", "future", "answered", "result", "error",
-                 "withdrawn", "lane", "batch", "accepted", "started")
+    __slots__ = ("args", "rows", "sample_shape", "key", "on_device", "future", "answered",
+                 "result", "error", "withdrawn", "lane", "batch", "accepted", "started")
 
-    def __init__(self, args, rows, sample_shape, key):
+    def __init__(self, args, rows, sample_shape, key, on_device=False):
         self.args, self.rows, self.sample_shape, self.key = args, rows, sample_shape, key
+        self.on_device = on_device  # every argument already on the batcher's device
         self.future = None  # a submitted call's, made when it queues
         self.answered = None  # a queued blocking call's
         self.result = self.error = None
@@ -580,7 +597,8 @@ class BatchedModule:
     def __repr__(self):
         return (f"BatchedModule({type(self.model).__name__}, max_batch={self.max_batch}, "
                 f"max_wait_ms={self.max_wait_s * 1e3:g}, workers={self.workers}, "
-                f"device={self.device}{', closed' if self._closed else ''})")
+                f"device={self.device}{', adaptive' if self._tuner is not None else ''}"
+                f"{', closed' if self._closed else ''})")
 
     # ---- accepting a call ----------------------------------------------------------------------
 
@@ -597,12 +615,12 @@ class BatchedModule:
         here (request.lane: Note [The caller runs its own batch]) or is queued (a blocking call
         waits on request.answered, a submitted one has request.future)."""
         try:
-            rows, sample_shape, key = self._check(args)
+            rows, sample_shape, key, on_device = self._check(args)
         except (TypeError, ValueError):
             with self._cond:
                 self._counts["refused"] += 1
             raise
-        request = _Request(args, rows, sample_shape, key)
+        request = _Request(args, rows, sample_shape, key, on_device)
         # Made before the lock: fewer calls between the counts and the queue (Note [Ctrl-C]).
         if blocking:
             answered = threading.Lock()
@@ -619,6 +637,8 @@ class BatchedModule:
             counts["samples"] += rows
             self._in_flight[key] = self._in_flight.get(key, 0) + 1
             self._in_flight_total += 1
+            if self._in_flight_total == 1 and self._tuner is not None:
+                self._tuner.restart(request.accepted)  # Note [How many lanes]: idle until now
             if (blocking and self._lane_available() and key not in self._pending
                     and self._in_flight_total <= self._active_lanes):
                 request.started = request.accepted
@@ -646,8 +666,9 @@ class BatchedModule:
         return request
 
     def _check(self, args):
-        """(rows, sample shape of the first argument, group key), or TypeError/ValueError with
-        what is wrong (Note [Batches hold one shape])."""
+        """(rows, sample shape of the first argument, group key, whether every argument is on
+        the device), or TypeError/ValueError with what is wrong (Note [Batches hold one
+        shape])."""
         if not args:
             raise TypeError("BatchedModule: call it with the model's input tensor(s), batch "
                             "dimension first")
@@ -658,6 +679,7 @@ class BatchedModule:
             raise ValueError(_TRAINING_MESSAGE.format(where=" (the model itself)"))
         rows = None
         parts = []
+        on_device = True
         # Every call passes here: each tensor property is read once (each read builds an object).
         for position, arg in enumerate(args):
             if not isinstance(arg, torch.Tensor):
@@ -667,10 +689,12 @@ class BatchedModule:
                 raise TypeError(f"BatchedModule: argument {position} is a {arg.layout} tensor; "
                                 "only dense (strided) tensors can be batched")
             device = arg.device
-            if device != self.device and device.type != "cpu":
-                raise ValueError(f"BatchedModule: argument {position} is on {device}; the model "
-                                 f"runs on {self.device} (give it tensors on {self.device} or on "
-                                 "the cpu)")
+            if device != self.device:
+                on_device = False
+                if device.type != "cpu":
+                    raise ValueError(f"BatchedModule: argument {position} is on {device}; the "
+                                     f"model runs on {self.device} (give it tensors on "
+                                     f"{self.device} or on the cpu)")
             shape = arg.shape
             if not shape:
                 raise ValueError(f"BatchedModule: argument {position} is 0-dimensional; inputs "
@@ -694,12 +718,12 @@ class BatchedModule:
             parts.append((dtype, tuple(shape)[1:]))  # slicing the torch.Size costs more
         sample_shape = parts[0][1]
         if rows == 0:
-            return rows, sample_shape, _Alone()
+            return rows, sample_shape, _Alone(), on_device
         if self.pad is not None:
             target = self.pad.target(sample_shape)
             if target is not None:
-                return rows, sample_shape, ("padded", parts[0][0], tuple(target))
-        return rows, sample_shape, tuple(parts)
+                return rows, sample_shape, ("padded", parts[0][0], tuple(target)), on_device
+        return rows, sample_shape, tuple(parts), on_device
 
     def _refuse_training(self):
         """Every module in eval mode (checked at construction and for every batch: one
@@ -725,6 +749,9 @@ class BatchedModule:
     def _release_lane(self, lane):
         lane.batches += 1
         self._free_lanes.append(lane)
+
+    def _busy_lanes(self):
+        return len(self._lanes) - len(self._free_lanes)
 
     def _lane_available(self):
         """Under the lock: whether a batch may start now (a lane is free, and fewer than the
@@ -882,6 +909,8 @@ class BatchedModule:
 
     def _run_here(self, request):
         """A caller runs its own call on its thread (Note [The caller runs its own batch])."""
+        if self.pad is None:
+            return self._run_alone_here(request)
         lane = request.lane
         self._local.busy = True
         try:
@@ -897,6 +926,86 @@ class BatchedModule:
         if error is not None:
             raise error
         return result
+
+    def _run_alone_here(self, request):
+        """_run_here without a pad rule: _compute and _finish for one call, written out (Note
+        [The lone call's path]). Same semantics: the modes of Note [What a batch runs under],
+        the checks of Note [What the model must return], the stream synchronized before any
+        error leaves, the call counted as a batch of one."""
+        lane, local = request.lane, self._local
+        local.busy = True
+        stream = error = None
+        try:
+            self._refuse_training()
+            module = self._device_module
+            if module is None:
+                stream_context = None
+            elif self._on_own_stream():
+                stream, stream_context = module.current_stream(), None
+            else:
+                stream = lane.stream
+                stream_context = module.stream(stream)
+            try:
+                modes = _enter_batch_modes(self._autocast_types)
+                try:
+                    if stream_context is not None:
+                        stream_context.__enter__()
+                    try:
+                        args = request.args if request.on_device else \
+                            [a.to(self.device) for a in request.args]
+                        output = self.model(*args)
+                        if self.output_device is not None:
+                            output = _tree_map(lambda t: t.to(self.output_device), output)
+                        rows = request.rows
+                        for tensor in (output,) if isinstance(output, torch.Tensor) else \
+                                _tree_tensors(output):
+                            if tensor.dim() == 0 or tensor.shape[0] != rows:
+                                raise RuntimeError(
+                                    f"BatchedModule: the model returned a tensor of shape "
+                                    f"{tuple(tensor.shape)} for a batch of {rows} samples; "
+                                    "every output needs the batch dimension first to be split "
+                                    "between callers")
+                    finally:
+                        if stream_context is not None:
+                            stream_context.__exit__(None, None, None)
+                finally:
+                    _exit_batch_modes(modes)
+            except Exception:
+                if stream is not None:
+                    stream.synchronize()  # its kernels' error belongs to this call too
+                raise
+            if stream is not None:
+                stream.synchronize()
+        except Exception as failure:
+            error = failure
+        except BaseException:  # KeyboardInterrupt or SystemExit: this thread's to raise
+            local.busy = False
+            self._finish(lane, [request], failed=1)
+            raise
+        local.busy = False
+        done = time.perf_counter()
+        with self._lock:
+            lane.batches += 1
+            self._free_lanes.append(lane)
+            counts = self._counts
+            counts["batches"] += 1
+            counts["ran_alone"] += 1
+            self._batch_sizes[request.rows] += 1
+            if error is None:
+                counts["completed"] += 1
+            else:
+                counts["batches_failed"] += 1
+                counts["failed"] += 1
+            self._waits.append(0.0)  # it started when it was accepted
+            self._latencies.append(done - request.accepted)
+            self._answered(request.key)
+            if self._tuner is not None:
+                self._active_lanes = self._tuner.batch_done(request.rows, done,
+                                                            self._busy_lanes())
+            self._wake_a_worker()
+        if error is not None:
+            raise error
+        return output
 
     def _run_queued(self, lane, batch, on_own_stream, by_worker=False):
         """A worker (or a leading caller) runs a batch of queued calls, frees the lane, then
@@ -970,16 +1079,7 @@ class BatchedModule:
     def _compute(self, lane, batch, on_own_stream):
         """Runs the batch's calls as one model call and returns each call's output, once its
         stream has finished them (Notes [What a batch runs under], [What the model must
-        return])."""
-        results, stream = self._launch(lane, batch, on_own_stream)
-        if stream is not None:
-            stream.synchronize()  # the batch's error, if any, belongs to this batch
-        return results
-
-    def _launch(self, lane, batch, on_own_stream):
-        """(each call's output, the stream that computes them): the batch's model call is
-        encoded and its output split between the calls; the caller synchronizes the stream.
-        If the model or the split raises, the stream is synchronized first."""
+        return]). If the model or the split raises, the stream is synchronized first."""
         self._refuse_training()
         device = self.device
         stream = lane.stream
@@ -1003,7 +1103,7 @@ class BatchedModule:
                     lengths = [r.sample_shape[self.pad.dim] for r in batch for _ in range(r.rows)]
                     kwargs = self.pad.model_kwargs(lengths, target, device)
                 elif len(batch) == 1:
-                    inputs = [a.to(device) for a in first.args]
+                    inputs = first.args if first.on_device else [a.to(device) for a in first.args]
                 else:
                     inputs = tuple(torch.cat([r.args[i].to(device) for r in batch])
                                    for i in range(len(first.args)))
@@ -1011,7 +1111,9 @@ class BatchedModule:
                 if self.output_device is not None:
                     output = _tree_map(lambda t: t.to(self.output_device), output)
                 total = first.rows if len(batch) == 1 else sum(r.rows for r in batch)
-                for tensor in _tree_tensors(output):  # for a batch of one too: Note [What the ...]
+                # For a batch of one too: Note [What the model must return].
+                for tensor in (output,) if isinstance(output, torch.Tensor) else \
+                        _tree_tensors(output):
                     if tensor.dim() == 0 or tensor.shape[0] != total:
                         raise RuntimeError(
                             f"BatchedModule: the model returned a tensor of shape "
@@ -1032,7 +1134,9 @@ class BatchedModule:
             if stream is not None:
                 stream.synchronize()
             raise
-        return results, stream
+        if stream is not None:
+            stream.synchronize()  # the batch's error, if any, belongs to this batch
+        return results
 
     @staticmethod
     def _rows(output, batch, index, then=None):
@@ -1064,7 +1168,8 @@ class BatchedModule:
                     self._answered(request.key)
             if self._tuner is not None:
                 self._active_lanes = self._tuner.batch_done(
-                    batch[0].rows if len(batch) == 1 else sum(r.rows for r in batch), done)
+                    batch[0].rows if len(batch) == 1 else sum(r.rows for r in batch), done,
+                    self._busy_lanes())
             self._wake_a_worker()
 
     # ---- counters ------------------------------------------------------------------------------
@@ -1127,40 +1232,58 @@ class _LaneTuner:
     bookkeeping, called under the batcher's lock: batch_done() returns the lanes to use."""
 
     WINDOW_S = 0.025  # a measuring window: at least this long ...
-    WINDOW_BATCHES = 2  # ... and this many batches per lane
-    MARGIN = 0.05  # a trial is kept only if it beats the lanes it replaced by this much
+    WINDOW_BATCHES = 2  # ... and this many batches per lane in use
+    TRIAL_WINDOWS = 2  # a trial is judged on this many windows' worth at once
+    MARGIN = 0.05  # a trial is kept only if it beats the lanes it replaced by this much, or by
+    # twice the windows' own spread when that is larger
     MAX_BACKOFF = 32  # windows between trials, at most, after trials that lost
 
     def __init__(self, lanes, now):
         self.lanes = lanes
         self.active = lanes
-        self.rate = None  # samples/s with `active` lanes (the mean of its last two windows)
+        self.rate = None  # samples/s with `active` lanes: a running mean (1/2) of its windows
+        self.spread = 0.0  # a running mean (1/2) of |a window's rate / the mean before - 1|
         self.trial_from = None  # (lanes, rate) a running trial replaced
         self.down = True  # the next trial's direction
         self.backoff = self.wait = 1  # windows until the next trial
         self.changes = 0
+        self._settling = False  # batches started with the lanes before a change still run
+        self.restart(now)
+
+    def restart(self, now):
+        """A window starts now: the batcher was idle until now (its callers, not its lanes,
+        set the rate of the time before), or the lanes in use just settled."""
         self._start, self._samples, self._batches = now, 0, 0
 
-    def batch_done(self, samples, now):
+    def batch_done(self, samples, now, busy):
+        """A batch of `samples` finished at `now`, `busy` lanes still running."""
+        if self._settling:
+            if busy <= self.active:  # only batches of the lanes in use run: measure from now
+                self._settling = False
+                self.restart(now)
+            return self.active
         self._samples += samples
         self._batches += 1
         elapsed = now - self._start
-        if elapsed < self.WINDOW_S or self._batches < self.WINDOW_BATCHES * self.lanes:
+        windows = self.TRIAL_WINDOWS if self.trial_from is not None else 1
+        if elapsed < windows * self.WINDOW_S or \
+                self._batches < windows * self.WINDOW_BATCHES * self.active:
             return self.active
         rate = self._samples / elapsed
-        self._start, self._samples, self._batches = now, 0, 0
-        if elapsed > 10 * self.WINDOW_S:
-            return self.active  # the batcher sat idle: the window measured its callers
+        self.restart(now)
         self.window_done(rate)
         return self.active
 
     def window_done(self, rate):
-        """One window at `self.active` lanes measured `rate` samples/s."""
+        """A window (a trial's windows) at `self.active` lanes measured `rate` samples/s."""
         if self.trial_from is not None:
             lanes, base = self.trial_from
             self.trial_from = None
-            if rate > base * (1 + self.MARGIN):  # kept: try further the same way next window
-                self.rate, self.backoff, self.wait = rate, 1, 1
+            margin = max(self.MARGIN, 2 * self.spread)
+            # Fewer lanes must win; more are kept unless they lose: on a tie, the parallel one
+            # (a caller who comes next finds a lane).
+            if rate > base * (1 + margin) if self.active < lanes else rate >= base * (1 - margin):
+                self.rate, self.backoff, self.wait = rate, 1, 1  # kept: on the same way next
                 return
             self._set(lanes)  # lost: back, and try less often (the other way first)
             self.rate = base
@@ -1168,7 +1291,11 @@ class _LaneTuner:
             self.wait = self.backoff
             self.down = not self.down
             return
-        self.rate = rate if self.rate is None else (self.rate + rate) / 2
+        if self.rate is None:
+            self.rate = rate
+        else:
+            self.spread = (self.spread + abs(rate / self.rate - 1)) / 2
+            self.rate = (self.rate + rate) / 2
         self.wait -= 1
         if self.wait > 0:
             return
@@ -1190,6 +1317,7 @@ class _LaneTuner:
         if lanes != self.active:
             self.active = lanes
             self.changes += 1
+            self._settling = True
 
 
 class _Outcomes(list):
@@ -1246,6 +1374,26 @@ def _autocast_enabled(device_type):
         return True
     except RuntimeError:  # a device type autocast does not know
         return False
+
+
+def _enter_batch_modes(autocast_types):
+    """_BatchModes.__enter__ as a function, for the lone call's path: the usual thread (grad
+    on, nothing else) costs one flag flip. Returns what _exit_batch_modes needs."""
+    if torch.is_inference_mode_enabled() or any(_autocast_enabled(t) for t in autocast_types):
+        modes = _BatchModes(autocast_types)
+        modes.__enter__()
+        return modes
+    if torch.is_grad_enabled():
+        torch._C._set_grad_enabled(False)
+        return True
+    return False
+
+
+def _exit_batch_modes(modes):
+    if modes is True:
+        torch._C._set_grad_enabled(True)
+    elif modes is not False:
+        modes.__exit__(None, None, None)
 
 
 class _BatchModes:
