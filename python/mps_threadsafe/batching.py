@@ -80,8 +80,8 @@ time before measured its callers, not its lanes). Now and then a trial runs with
 twice) as many lanes, measured over TRIAL_WINDOWS windows from the moment only its lanes are
 busy (batches started before it do not count), and is kept only if it beat the lanes it
 replaced by MARGIN or by twice the windows' own spread, whichever is larger (so that noise
-alone rarely wins), if it has fewer lanes, and unless it lost by that much if it has more (a
-tie goes to more lanes: the next caller finds one free); else it is undone, and trials come less often (up to MAX_BACKOFF windows
+alone rarely wins: a rule that kept more lanes unless they lost ratcheted up to every lane on
+the 2-core VM's noisy windows, where one lane was twice as fast); else it is undone, and trials come less often (up to MAX_BACKOFF windows
 apart) while they keep losing. Lanes in use bound the batches running at once, the calls a
 caller may run itself and the fair share; a lane is free when fewer than that many are busy
 (right after the tuner lowers it, more may still be busy, finishing). ``active_lanes`` in
@@ -1279,10 +1279,7 @@ class _LaneTuner:
         if self.trial_from is not None:
             lanes, base = self.trial_from
             self.trial_from = None
-            margin = max(self.MARGIN, 2 * self.spread)
-            # Fewer lanes must win; more are kept unless they lose: on a tie, the parallel one
-            # (a caller who comes next finds a lane).
-            if rate > base * (1 + margin) if self.active < lanes else rate >= base * (1 - margin):
+            if rate > base * (1 + max(self.MARGIN, 2 * self.spread)):
                 self.rate, self.backoff, self.wait = rate, 1, 1  # kept: on the same way next
                 return
             self._set(lanes)  # lost: back, and try less often (the other way first)

@@ -10,6 +10,7 @@ import collections
 import concurrent.futures
 import copy
 import pathlib
+import random
 import threading
 import time
 
@@ -1317,7 +1318,6 @@ def test_a_bug_while_running_a_batch_reaches_its_callers_and_frees_the_lane(monk
 def drive_tuner(rates, lanes=8, windows=400, noise=0.0, seed=0):
     """Feeds a _LaneTuner one window after another, each measuring rates[active lanes] (times
     1 + a seeded gaussian of sd `noise`); returns the lanes it used in each window."""
-    import random
     draw = random.Random(seed)
     tuner = batching._LaneTuner(lanes, now=0.0)
     used = []
@@ -1343,13 +1343,19 @@ def test_the_lane_tuner_settles_on_the_lanes_with_the_most_throughput(best, nois
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.03, 0.08])
-def test_the_lane_tuner_keeps_every_lane_when_fewer_gain_nothing(noise):
+def test_the_lane_tuner_backs_off_when_trials_gain_nothing(noise):
     """A flat curve (every lane count equally fast, as with fewer callers than lanes), exact
-    or with up to 8% noise per window: trials lose, back off, and the tuner stays on all its
-    lanes but for rare trials (noise alone does not make a trial win)."""
+    or with up to 8% noise per window: trials lose and come less often, so the tuner changes
+    lanes in at most 1 window in 8, and noise alone rarely keeps a trial."""
     for seed in range(5):
-        settled = drive_tuner({n: 1000.0 for n in PEAKS}, noise=noise, seed=seed)[200:]
-        assert settled.count(8) >= 0.85 * len(settled), (seed, collections.Counter(settled))
+        tuner = batching._LaneTuner(8, now=0.0)
+        kept = 0
+        draw = random.Random(seed)
+        for _ in range(400):
+            trial = tuner.trial_from is not None
+            tuner.window_done(1000.0 * (1 + draw.gauss(0.0, noise)))
+            kept += trial and tuner.trial_from is None and tuner.backoff == 1
+        assert tuner.changes <= 50 and kept <= 2, (seed, tuner.changes, kept)
 
 
 def test_the_lane_tuner_windows_need_time_and_batches_of_the_lanes_in_use():
