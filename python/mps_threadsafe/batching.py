@@ -953,18 +953,7 @@ class BatchedModule:
                     try:
                         args = request.args if request.on_device else \
                             [a.to(self.device) for a in request.args]
-                        output = self.model(*args)
-                        if self.output_device is not None:
-                            output = _tree_map(lambda t: t.to(self.output_device), output)
-                        rows = request.rows
-                        for tensor in (output,) if isinstance(output, torch.Tensor) else \
-                                _tree_tensors(output):
-                            if tensor.dim() == 0 or tensor.shape[0] != rows:
-                                raise RuntimeError(
-                                    f"BatchedModule: the model returned a tensor of shape "
-                                    f"{tuple(tensor.shape)} for a batch of {rows} samples; "
-                                    "every output needs the batch dimension first to be split "
-                                    "between callers")
+                        output = self._checked_output(self.model(*args), request.rows)
                     finally:
                         if stream_context is not None:
                             stream_context.__exit__(None, None, None)
@@ -1107,18 +1096,9 @@ class BatchedModule:
                 else:
                     inputs = tuple(torch.cat([r.args[i].to(device) for r in batch])
                                    for i in range(len(first.args)))
-                output = self.model(*inputs, **kwargs)
-                if self.output_device is not None:
-                    output = _tree_map(lambda t: t.to(self.output_device), output)
-                total = first.rows if len(batch) == 1 else sum(r.rows for r in batch)
-                # For a batch of one too: Note [What the model must return].
-                for tensor in (output,) if isinstance(output, torch.Tensor) else \
-                        _tree_tensors(output):
-                    if tensor.dim() == 0 or tensor.shape[0] != total:
-                        raise RuntimeError(
-                            f"BatchedModule: the model returned a tensor of shape "
-                            f"{tuple(tensor.shape)} for a batch of {total} samples; every output "
-                            "needs the batch dimension first to be split between callers")
+                output = self._checked_output(
+                    self.model(*inputs, **kwargs),
+                    first.rows if len(batch) == 1 else sum(r.rows for r in batch))
                 if padded:
                     dims = inputs[0].dim()
                     results = [self._rows(output, batch, i, lambda t, r=r: self.pad.unpad(
@@ -1137,6 +1117,20 @@ class BatchedModule:
         if stream is not None:
             stream.synchronize()  # the batch's error, if any, belongs to this batch
         return results
+
+    def _checked_output(self, output, rows):
+        """The model's output for a batch of `rows` samples, on output_device if one is set;
+        RuntimeError unless every tensor in it has the batch dimension first (for a batch of
+        one too: Note [What the model must return])."""
+        if self.output_device is not None:
+            output = _tree_map(lambda t: t.to(self.output_device), output)
+        for tensor in (output,) if isinstance(output, torch.Tensor) else _tree_tensors(output):
+            if tensor.dim() == 0 or tensor.shape[0] != rows:
+                raise RuntimeError(
+                    f"BatchedModule: the model returned a tensor of shape {tuple(tensor.shape)} "
+                    f"for a batch of {rows} samples; every output needs the batch dimension "
+                    "first to be split between callers")
+        return output
 
     @staticmethod
     def _rows(output, batch, index, then=None):
