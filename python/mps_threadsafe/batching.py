@@ -106,14 +106,19 @@ return, so a Ctrl-C can land inside the batcher's own bookkeeping. Where the mai
 handler only sets `withdrawn` under the bare Lock (no call inside, so a second Ctrl-C cannot
 stop it halfway) and the next _take_batch drops the call, counted as cancelled. The main thread
 never leads a batch for others (Note [The caller runs its own batch]), and what it builds for a
-call (its answer lock or future) is made before the lock is taken. What is left: a Ctrl-C in
-the few bytecodes of _accept's locked section, or between _accept and the wait, can still
-leave a call to run with nobody to answer (harmless: it is computed and dropped) or, inside
-the section, the counts of one call half-updated (close() would then wait for it); so can one
-that lands inside a timed-out call's _withdraw, whose queue and counts change in several
-calls. Fully
-interrupt-proof bookkeeping would need the handler itself deferred, which Python offers only
-process-wide (signal.signal).
+call (its answer lock or future) is made before the lock is taken. A call the main thread
+runs itself holds a lane: an interrupt anywhere in the bookkeeping around its model call
+reaches __call__, which settles the call (_settle_interrupted: the lane freed, the call
+counted as a failed batch of one) unless it was settled already (request.lane is cleared
+first, under the lock, by whichever settles it); an interrupt inside the model, or once the
+stream has work, synchronizes the stream first (_synchronize_for_error: the kernels' error
+is dropped with the interrupted call, not left to the stream's next work). What is left: a
+Ctrl-C in the few bytecodes of _accept's locked section, or between _accept and the wait of a
+queued call, can still leave a call to run with nobody to answer (harmless: it is computed
+and dropped) or, inside a locked section, the counts of one call half-updated (close() would
+then wait for it); so can one that lands inside a timed-out call's _withdraw, whose queue and
+counts change in several calls. Fully interrupt-proof bookkeeping would need the handler
+itself deferred, which Python offers only process-wide (signal.signal).
 
 Note [A failed batch is retried one call at a time]
 When a batch of several calls fails (the model raises, or a kernel fails on the GPU: Metal
@@ -530,7 +535,13 @@ class BatchedModule:
         request = self._accept(args, blocking=True)
         if request.lane is not None:  # Note [The caller runs its own batch]
             if request.batch is None:
-                return self._run_here(request)
+                try:
+                    return self._run_here(request)
+                except BaseException:
+                    # A Ctrl-C in the bookkeeping around the model call (Note [Ctrl-C]) would
+                    # otherwise leave the lane and the call in flight forever.
+                    self._settle_interrupted(request)
+                    raise
             interrupt = self._run_queued(request.lane, request.batch,
                                          on_own_stream=self._on_own_stream())
             if interrupt is not None:  # this thread's to raise; its batch-mates get an error
@@ -553,7 +564,11 @@ class BatchedModule:
                     f"BatchedModule: no result within {timeout} s"
                     + ("" if request.withdrawn else " (the call still runs; its result is dropped)"))
         if request.error is not None:
-            raise request.error
+            error, request.error = request.error, None
+            try:
+                raise error
+            finally:
+                error = None  # no cycle through the traceback (as in _run_alone_here)
         return request.result
 
     def submit(self, *args):
@@ -924,7 +939,10 @@ class BatchedModule:
             self._local.busy = False
         self._finish(lane, [request], failed=0 if error is None else 1)
         if error is not None:
-            raise error
+            try:
+                raise error
+            finally:
+                error = None  # no cycle through the traceback (as in _run_alone_here)
         return result
 
     def _run_alone_here(self, request):
@@ -959,9 +977,8 @@ class BatchedModule:
                             stream_context.__exit__(None, None, None)
                 finally:
                     _exit_batch_modes(modes)
-            except Exception:
-                if stream is not None:
-                    stream.synchronize()  # its kernels' error belongs to this call too
+            except BaseException:
+                _synchronize_for_error(stream)  # its kernels' error belongs to this call too
                 raise
             if stream is not None:
                 stream.synchronize()
@@ -974,6 +991,7 @@ class BatchedModule:
         local.busy = False
         done = time.perf_counter()
         with self._lock:
+            request.lane = None  # settled: first, so that _settle_interrupted cannot repeat it
             lane.batches += 1
             self._free_lanes.append(lane)
             counts = self._counts
@@ -993,8 +1011,32 @@ class BatchedModule:
                                                             self._busy_lanes())
             self._wake_a_worker()
         if error is not None:
-            raise error
+            try:
+                raise error
+            finally:
+                error = None  # the traceback holds this frame: no cycle keeping the model's
+                # intermediate tensors alive until a garbage collection
         return output
+
+    def _settle_interrupted(self, request):
+        """A caller-run call that a KeyboardInterrupt or SystemExit stopped before it was
+        settled (its lane freed, its call answered): settled now, as a failed batch of one.
+        Does nothing for a settled one."""
+        with self._lock:
+            lane = request.lane
+            if lane is None:
+                return
+            request.lane = None
+            lane.batches += 1
+            self._free_lanes.append(lane)
+            counts = self._counts
+            counts["batches"] += 1
+            counts["ran_alone"] += 1
+            counts["batches_failed"] += 1
+            counts["failed"] += 1
+            self._batch_sizes[request.rows] += 1
+            self._answered(request.key)
+            self._wake_a_worker()
 
     def _run_queued(self, lane, batch, on_own_stream, by_worker=False):
         """A worker (or a leading caller) runs a batch of queued calls, frees the lane, then
@@ -1107,12 +1149,10 @@ class BatchedModule:
                     results = [output]  # exactly what the model returned for this call alone
                 else:
                     results = [self._rows(output, batch, i) for i in range(len(batch))]
-        except Exception:
+        except BaseException:
             # What the batch encoded before it failed finishes first: an error of its kernels
-            # belongs to this batch, not to the next one on the stream (raised instead, with
-            # this one as its context).
-            if stream is not None:
-                stream.synchronize()
+            # belongs to this batch, not to the next one on the stream.
+            _synchronize_for_error(stream)
             raise
         if stream is not None:
             stream.synchronize()  # the batch's error, if any, belongs to this batch
@@ -1146,6 +1186,8 @@ class BatchedModule:
         done = time.perf_counter()
         with self._lock:
             self._release_lane(lane)
+            for request in batch:
+                request.lane = None  # settled (a caller-run call: _settle_interrupted skips it)
             counts = self._counts
             counts["batches"] += 1
             self._batch_sizes[batch[0].rows if len(batch) == 1 else sum(r.rows for r in batch)] += 1
@@ -1365,6 +1407,24 @@ def _autocast_enabled(device_type):
         return True
     except RuntimeError:  # a device type autocast does not know
         return False
+
+
+def _synchronize_for_error(stream):
+    """A failed batch's stream, synchronized before its error leaves, so that an error of the
+    kernels it encoded is not left to the stream's next work. If that synchronize raises the
+    kernels' error, it leaves instead (its context: the error that stopped the batch); a
+    KeyboardInterrupt or SystemExit stays what leaves, the kernels' error dropped with the
+    batch's results."""
+    if stream is None:
+        return
+    interrupted = sys.exc_info()[0]
+    if interrupted is not None and not issubclass(interrupted, Exception):
+        try:
+            stream.synchronize()
+        except Exception:
+            pass
+        return
+    stream.synchronize()
 
 
 def _enter_batch_modes(autocast_types):

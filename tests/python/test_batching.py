@@ -9,10 +9,12 @@ on the machine's load or on sleeps.
 import collections
 import concurrent.futures
 import copy
+import gc
 import pathlib
 import random
 import threading
 import time
+import weakref
 
 import pytest
 import torch
@@ -1414,3 +1416,102 @@ def test_adaptive_batches_use_only_the_lanes_the_tuner_chose(monkeypatch):
 def test_adaptive_must_be_a_bool():
     with pytest.raises(TypeError, match="adaptive must be True or False"):
         BatchedModule(nn.Linear(2, 2).eval(), adaptive="yes")
+
+
+# ---- interrupts and failures around a caller-run call ----------------------------------------
+
+
+class _InterruptingClock:
+    """time.perf_counter for batching.py that raises KeyboardInterrupt at its n-th call: a
+    Ctrl-C landing, deterministically, in the bookkeeping around a model call."""
+
+    def __init__(self, at):
+        self.at, self.calls = at, 0
+
+    def perf_counter(self):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return time.perf_counter()
+
+
+@pytest.mark.parametrize("path", ["lone", "padded"])
+def test_a_ctrl_c_after_the_model_call_still_frees_the_lane_and_the_call(monkeypatch, path):
+    """A KeyboardInterrupt raised right after the model returned (the second perf_counter of
+    the call: the first stamps its acceptance) reaches the caller, and the call is settled as
+    a failed batch of one: the batcher's one lane serves the next call, close() returns and the
+    counts add up. Without the settling the lane stayed busy and the next call timed out."""
+    pad = PadSequences(dim=0, sizes=(8,)) if path == "padded" else None
+    batched = BatchedModule(nn.Linear(4, 4).eval(), workers=1, pad=pad)
+    x = torch.randn(2, 3, 4) if pad else torch.randn(2, 4)
+    batched(x)
+    clock = _InterruptingClock(at=2)
+    monkeypatch.setattr(batching, "time", clock)
+    with pytest.raises(KeyboardInterrupt):
+        batched(x)
+    monkeypatch.undo()
+    assert clock.calls == 2
+    assert batched(x, timeout=10).shape == ((2, 3, 4) if pad else (2, 4))
+    batched.close()
+    stats = batched.stats()
+    assert stats["lanes_busy"] == 0 and stats["requests"] == 3
+    assert stats["completed"] == 2 and stats["failed"] == 1
+    assert stats["batches"] == sum(stats["batch_sizes"].values()) == 3
+
+
+@pytest.mark.parametrize("path", ["caller_runs_it", "worker_runs_it"])
+def test_a_gpu_error_of_an_interrupted_batch_does_not_reach_the_lanes_next_batch(path):
+    """With thread safety off the batch runs on its lane's stream: a model that encodes a
+    failing lookup and is then interrupted (KeyboardInterrupt) leaves the kernel's error with
+    its own batch; the next call on the same lane is clean."""
+    torch.mps_sim.set_threadsafe(False)
+    master = Lookup().eval()
+    model = on_device(master)
+    bad, good = torch.tensor([[1, 12, 2]]), torch.tensor([[1, 2]])
+
+    def interrupted_after_the_lookup(ids):
+        out = model(ids)
+        if ids.shape[1] == 3:  # (not ids.max(): reading a value would synchronize)
+            raise KeyboardInterrupt
+        return out
+
+    with BatchedModule(interrupted_after_the_lookup, workers=1, device=DEVICE) as batched:
+        if path == "caller_runs_it":
+            with pytest.raises(KeyboardInterrupt):
+                batched(bad)
+            assert_close(batched(good), cpu_result(master, good))
+        else:
+            with pytest.raises(RuntimeError, match="interrupted by KeyboardInterrupt"):
+                batched.submit(bad).result(TIMEOUT)
+            assert_close(batched.submit(good).result(TIMEOUT), cpu_result(master, good))
+
+
+class KeepsItsActivation(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.activation = None
+
+    def forward(self, x):
+        big = torch.cat([self.linear(x)] * 100, dim=-1)
+        self.activation = weakref.ref(big)
+        raise ValueError("fails after computing an activation")
+
+
+@pytest.mark.parametrize("path", ["lone", "padded"])
+def test_a_failed_call_frees_its_activations_when_the_caller_drops_the_error(path):
+    """A call its caller runs, as calling the model does: no reference cycle through the
+    raised error keeps the model's intermediate tensors alive until a garbage collection
+    (device memory, on a GPU). (A call a worker runs still keeps them until one: its error
+    passes through the worker's outcome list.)"""
+    model = KeepsItsActivation().eval()
+    pad = PadSequences(dim=0, sizes=(8,)) if path == "padded" else None
+    x = torch.randn(2, 3, 4) if pad else torch.randn(2, 4)
+    gc.disable()
+    try:
+        with BatchedModule(model, workers=1, pad=pad) as batched:
+            with pytest.raises(ValueError):
+                batched(x)
+            assert model.activation() is None
+    finally:
+        gc.enable()
